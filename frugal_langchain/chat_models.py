@@ -1,0 +1,355 @@
+"""``FrugalChatModel``: a FrugalGPT cascade of chat models behind one LangChain chat model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from typing import Any, Literal
+
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.chat_models import LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableConfig
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from frugal_langchain import _convert
+from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator
+from shared_scorer.costs import CostTracker, PriceSpec
+from shared_scorer.errors import ConfigurationError
+from shared_scorer.tools import ToolCallValidator
+
+_FORWARDED = ("temperature", "max_tokens")
+_OWN_KWARGS = ("tools", "tool_choice", "model", "parallel_tool_calls")
+
+
+class FrugalChatModel(BaseChatModel):
+    """A cascade of chat models, cheapest first, that answers as one chat model.
+
+    Each query goes to the first stage; the scorer rates (query, answer); an answer whose score reaches
+    that stage's threshold is returned, else the query goes to the next stage. Provider errors and
+    invalid answers (unparseable tool calls, output that does not fit a structured-output schema, an
+    empty reply) escalate too. The last stage's answer is returned (``return_policy="last"``) or the
+    best-scored answer seen (``"best"``). ``response_metadata["frugal"]`` holds the trail.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_core.language_models import GenericFakeChatModel
+            from frugal_langchain import FrugalChatModel
+
+            small = GenericFakeChatModel(messages=iter(["Mary Ann Evans"]))
+            big = GenericFakeChatModel(messages=iter(["George Eliot"]))
+            llm = FrugalChatModel(
+                stages=[small, big],
+                scorer=lambda query, answer: 0.9,
+                thresholds=[0.8],
+                prices={"GenericFakeChatModel": (0, 0)},
+            )
+            llm.invoke("Who wrote Middlemarch?").content  # 'Mary Ann Evans'
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+
+    stages: list[Any]
+    """The child chat models, cheapest first (any LangChain ``BaseChatModel``)."""
+    scorer: Any
+    """A ``shared_scorer.Scorer`` (e.g. ``DistilBertScorer``) or a function ``(query, answer) -> [0, 1]``."""
+    thresholds: list[float] = Field(default_factory=list)
+    """One acceptance threshold in [0, 1] per stage but the last."""
+    prices: dict[str, Any] | None = None
+    """Price overrides by stage model name: ``(input, output)`` USD per million tokens or a ``Price``.
+    Models not listed are priced from ``genai-prices``; an unknown one is an error at construction."""
+    return_policy: Literal["last", "best"] = "last"
+    """``"last"``: when no earlier stage is accepted, return the last stage's answer. ``"best"``: return
+    the best-scored answer seen (the last stage is then scored and buffered when streaming)."""
+    cost_tracker: CostTracker | None = Field(default=None, exclude=True)
+    """Where every call's spend is recorded; pass one to share it between models. Created if omitted."""
+    model_name: str = Field(default="frugal-cascade", alias="model")
+    """The name this cascade reports for tracing. Each answer's ``response_metadata["model_name"]`` is
+    the stage model that actually answered."""
+    temperature: float | None = None
+    """Sent to every stage call when set (else each child's own setting applies)."""
+    max_tokens: int | None = None
+    """Sent to every stage call when set (else each child's own setting applies)."""
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    """Default stop sequences, sent to every stage call."""
+    timeout: float | None = None
+    """Reported for tracing only: each child client owns its timeout, and a stage that times out
+    escalates."""
+    max_retries: int | None = None
+    """Reported for tracing only: each child client owns its retries; a stage that still fails escalates."""
+    streaming: bool = False
+    """Whether ``invoke`` streams internally (LangChain's standard flag)."""
+
+    _cascade: Cascade = PrivateAttr()
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        if not self.stages:
+            raise ConfigurationError("FrugalChatModel needs at least one stage")
+        for i, stage in enumerate(self.stages):
+            if not isinstance(stage, BaseChatModel):
+                raise ConfigurationError(
+                    f"stage {i} must be a LangChain chat model (BaseChatModel), got {type(stage).__name__}"
+                )
+        self._cascade = Cascade(
+            [stage_name(s) for s in self.stages],
+            self.thresholds,
+            self.scorer,
+            prices=self.prices,
+            return_policy=self.return_policy,
+            tracker=self.cost_tracker,
+        )
+        self.cost_tracker = self._cascade.tracker
+
+    @property
+    def cascade(self) -> Cascade:
+        """The framework-free cascade this model delegates every decision to."""
+        return self._cascade
+
+    @property
+    def _llm_type(self) -> str:
+        return "frugal-cascade"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "stages": self._cascade.models, "thresholds": self.thresholds}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="frugal",
+            ls_model_name=kwargs.get("model", self.model_name),
+            ls_model_type="chat",
+        )
+        if (temperature := kwargs.get("temperature", self.temperature)) is not None:
+            params["ls_temperature"] = temperature
+        if (max_tokens := kwargs.get("max_tokens", self.max_tokens)) is not None:
+            params["ls_max_tokens"] = max_tokens
+        if stop := stop or self.stop:
+            params["ls_stop"] = stop
+        return params
+
+    # ------------------------------------------------------------------ tools and structure
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | Any],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools to every stage; a stage whose tool call does not parse or fit its schema escalates."""
+        formatted = _convert.format_tools(tools)
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        return self.bind(tools=formatted, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        include_raw: bool = False,
+        method: Literal["function_calling", "json_mode", "json_schema"] = "function_calling",
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Structured output through function calling on every stage.
+
+        Whatever ``method`` asks for, stages are driven by tool calling so that each stage's output is
+        validated against the schema the same way; output that does not parse or validate escalates.
+        """
+        if method not in ("function_calling", "json_mode", "json_schema"):
+            raise ConfigurationError(f"unknown structured-output method {method!r}")
+        if kwargs:
+            raise ConfigurationError(f"unsupported arguments to with_structured_output: {sorted(kwargs)}")
+        return super().with_structured_output(schema, include_raw=include_raw)
+
+    # ------------------------------------------------------------------ one call
+
+    def _prepare(self, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[dict[str, Any], Validator]:
+        """Split per-call kwargs into what every child gets and the answer validator."""
+        call_kwargs = {k: v for k, v in kwargs.items() if k not in _OWN_KWARGS}
+        for name in _FORWARDED:
+            if getattr(self, name) is not None and name not in call_kwargs:
+                call_kwargs[name] = getattr(self, name)
+        if stop := stop or self.stop:
+            call_kwargs["stop"] = stop
+        tools = kwargs.get("tools") or []
+        validate = ToolCallValidator(_convert.tool_specs(tools), _convert.required_tool(kwargs.get("tool_choice")))
+        return call_kwargs, validate
+
+    def _children(self, kwargs: dict[str, Any]) -> list[Runnable[Any, BaseMessage]]:
+        tools = kwargs.get("tools")
+        if not tools:
+            return list(self.stages)
+        extra = {k: kwargs[k] for k in ("tool_choice", "parallel_tool_calls") if k in kwargs}
+        return [stage.bind_tools(tools, **extra) for stage in self.stages]
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        call_kwargs, validate = self._prepare(stop, kwargs)
+        children = self._children(kwargs)
+        configs = _child_configs(run_manager, len(children))
+        calls = [_sync_call(c, messages, cfg, call_kwargs) for c, cfg in zip(children, configs, strict=True)]
+        result = self._cascade.run(_convert.query_text(messages), calls, validate)
+        return ChatResult(generations=[ChatGeneration(message=_convert.final_message(result))])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        call_kwargs, validate = self._prepare(stop, kwargs)
+        children = self._children(kwargs)
+        configs = _child_configs(run_manager, len(children))
+        calls = [_async_call(c, messages, cfg, call_kwargs) for c, cfg in zip(children, configs, strict=True)]
+        result = await self._cascade.arun(_convert.query_text(messages), calls, validate)
+        return ChatResult(generations=[ChatGeneration(message=_convert.final_message(result))])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        call_kwargs, validate = self._prepare(stop, kwargs)
+        children = self._children(kwargs)
+        configs = _child_configs(run_manager, len(children))
+        calls = [_sync_call(c, messages, cfg, call_kwargs) for c, cfg in zip(children, configs, strict=True)]
+        live = None if kwargs.get("tools") else _sync_live(children[-1], messages, configs[-1], call_kwargs)
+        streamed = False
+        for item in self._cascade.stream(_convert.query_text(messages), calls, live, validate):
+            if isinstance(item, CascadeResult):
+                yield self._emit(_convert.closing_chunk(item, with_answer=not streamed), run_manager)
+            else:
+                streamed = True
+                yield self._emit(_convert.strip_chunk(item), run_manager)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        call_kwargs, validate = self._prepare(stop, kwargs)
+        children = self._children(kwargs)
+        configs = _child_configs(run_manager, len(children))
+        calls = [_async_call(c, messages, cfg, call_kwargs) for c, cfg in zip(children, configs, strict=True)]
+        live = None if kwargs.get("tools") else _async_live(children[-1], messages, configs[-1], call_kwargs)
+        streamed = False
+        async for item in self._cascade.astream(_convert.query_text(messages), calls, live, validate):
+            if isinstance(item, CascadeResult):
+                chunk = _convert.closing_chunk(item, with_answer=not streamed)
+            else:
+                streamed = True
+                chunk = _convert.strip_chunk(item)
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    @staticmethod
+    def _emit(chunk: ChatGenerationChunk, run_manager: CallbackManagerForLLMRun | None) -> ChatGenerationChunk:
+        if run_manager is not None:
+            run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        return chunk
+
+
+def stage_name(model: BaseChatModel) -> str:
+    """The model name a stage is priced and reported under."""
+    try:
+        name = model._get_ls_params().get("ls_model_name")
+    except Exception:
+        name = None
+    for candidate in (name, getattr(model, "model_name", None), getattr(model, "model", None)):
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    return type(model).__name__
+
+
+def _child_configs(
+    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None, stages: int
+) -> list[RunnableConfig]:
+    """One config per stage whose callbacks make each stage call a child run of the cascade's run."""
+    if run_manager is None:
+        return [RunnableConfig(tags=[f"frugal:stage={i}"]) for i in range(stages)]
+    configs = []
+    for i in range(stages):
+        cls = AsyncCallbackManager if isinstance(run_manager, AsyncCallbackManagerForLLMRun) else CallbackManager
+        manager = cls(handlers=[], parent_run_id=run_manager.run_id)
+        manager.set_handlers(run_manager.inheritable_handlers)
+        manager.add_tags(run_manager.inheritable_tags)
+        manager.add_tags([f"frugal:stage={i}"], inherit=False)
+        manager.add_metadata(run_manager.inheritable_metadata)
+        configs.append(RunnableConfig(callbacks=manager))
+    return configs
+
+
+def _sync_call(
+    child: Runnable[Any, BaseMessage], messages: list[BaseMessage], config: RunnableConfig, kwargs: dict[str, Any]
+) -> Callable[[], StageOutput]:
+    return lambda: _convert.to_output(child.invoke(messages, config, **kwargs))
+
+
+def _async_call(
+    child: Runnable[Any, BaseMessage], messages: list[BaseMessage], config: RunnableConfig, kwargs: dict[str, Any]
+) -> Callable[[], Any]:
+    async def call() -> StageOutput:
+        return _convert.to_output(await child.ainvoke(messages, config, **kwargs))
+
+    return call
+
+
+def _sync_live(
+    child: Runnable[Any, BaseMessage], messages: list[BaseMessage], config: RunnableConfig, kwargs: dict[str, Any]
+) -> Callable[[], Generator[AIMessageChunk, None, StageOutput]]:
+    def live() -> Generator[AIMessageChunk, None, StageOutput]:
+        full: AIMessageChunk | None = None
+        for chunk in child.stream(messages, config, **kwargs):
+            assert isinstance(chunk, AIMessageChunk)
+            full = chunk if full is None else full + chunk
+            yield chunk
+        return _convert.to_output(_assembled(full))
+
+    return live
+
+
+def _async_live(
+    child: Runnable[Any, BaseMessage], messages: list[BaseMessage], config: RunnableConfig, kwargs: dict[str, Any]
+) -> Callable[[Callable[[StageOutput], None]], AsyncIterator[AIMessageChunk]]:
+    async def live(done: Callable[[StageOutput], None]) -> AsyncIterator[AIMessageChunk]:
+        full: AIMessageChunk | None = None
+        async for chunk in child.astream(messages, config, **kwargs):
+            assert isinstance(chunk, AIMessageChunk)
+            full = chunk if full is None else full + chunk
+            yield chunk
+        done(_convert.to_output(_assembled(full)))
+
+    return live
+
+
+def _assembled(full: AIMessageChunk | None) -> AIMessage:
+    if full is None:
+        return AIMessage(content="")
+    return AIMessage(
+        content=full.content,
+        tool_calls=full.tool_calls,
+        invalid_tool_calls=full.invalid_tool_calls,
+        usage_metadata=full.usage_metadata,
+        response_metadata=full.response_metadata,
+        additional_kwargs=full.additional_kwargs,
+    )

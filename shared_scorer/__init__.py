@@ -1,0 +1,45 @@
+"""The framework-free core of frugal-cascade: the cascade loop, scorers, prices and costs.
+
+Nothing here imports LangChain or LlamaIndex; torch and transformers load only with the DistilBERT scorer.
+"""
+
+from shared_scorer.cascade import Attempt, Cascade, CascadeResult, StageOutput, ToolCall
+from shared_scorer.costs import CatalogPrice, CostTracker, Price, TokenPrice, resolve_price
+from shared_scorer.errors import (
+    CascadeError,
+    CheckpointError,
+    ConfigurationError,
+    DataError,
+    FrugalError,
+    ScorerError,
+    StageFailure,
+    UnknownPriceError,
+)
+from shared_scorer.scoring.base import FunctionScorer, Scorer, ScoreRequest
+from shared_scorer.tools import ToolCallValidator, ToolSpec
+
+__all__ = [
+    "Attempt",
+    "Cascade",
+    "CascadeError",
+    "CascadeResult",
+    "CatalogPrice",
+    "CheckpointError",
+    "ConfigurationError",
+    "CostTracker",
+    "DataError",
+    "FrugalError",
+    "FunctionScorer",
+    "Price",
+    "ScoreRequest",
+    "Scorer",
+    "ScorerError",
+    "StageFailure",
+    "StageOutput",
+    "TokenPrice",
+    "ToolCall",
+    "ToolCallValidator",
+    "ToolSpec",
+    "UnknownPriceError",
+    "resolve_price",
+]
