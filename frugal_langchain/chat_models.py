@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from frugal_langchain import _convert
 from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator
-from shared_scorer.costs import CostTracker, PriceSpec
+from shared_scorer.costs import CostTracker
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.tools import ToolCallValidator
 
@@ -181,7 +181,9 @@ class FrugalChatModel(BaseChatModel):
         if stop := stop or self.stop:
             call_kwargs["stop"] = stop
         tools = kwargs.get("tools") or []
-        validate = ToolCallValidator(_convert.tool_specs(tools), _convert.required_tool(kwargs.get("tool_choice")))
+        validate = ToolCallValidator(
+            _convert.tool_specs(tools), _convert.required_tool(kwargs.get("tool_choice"))
+        )
         return call_kwargs, validate
 
     def _children(self, kwargs: dict[str, Any]) -> list[Runnable[Any, BaseMessage]]:
@@ -263,7 +265,9 @@ class FrugalChatModel(BaseChatModel):
             yield chunk
 
     @staticmethod
-    def _emit(chunk: ChatGenerationChunk, run_manager: CallbackManagerForLLMRun | None) -> ChatGenerationChunk:
+    def _emit(
+        chunk: ChatGenerationChunk, run_manager: CallbackManagerForLLMRun | None
+    ) -> ChatGenerationChunk:
         if run_manager is not None:
             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         return chunk
@@ -289,7 +293,11 @@ def _child_configs(
         return [RunnableConfig(tags=[f"frugal:stage={i}"]) for i in range(stages)]
     configs = []
     for i in range(stages):
-        cls = AsyncCallbackManager if isinstance(run_manager, AsyncCallbackManagerForLLMRun) else CallbackManager
+        cls = (
+            AsyncCallbackManager
+            if isinstance(run_manager, AsyncCallbackManagerForLLMRun)
+            else CallbackManager
+        )
         manager = cls(handlers=[], parent_run_id=run_manager.run_id)
         manager.set_handlers(run_manager.inheritable_handlers)
         manager.add_tags(run_manager.inheritable_tags)
@@ -300,13 +308,19 @@ def _child_configs(
 
 
 def _sync_call(
-    child: Runnable[Any, BaseMessage], messages: list[BaseMessage], config: RunnableConfig, kwargs: dict[str, Any]
+    child: Runnable[Any, BaseMessage],
+    messages: list[BaseMessage],
+    config: RunnableConfig,
+    kwargs: dict[str, Any],
 ) -> Callable[[], StageOutput]:
     return lambda: _convert.to_output(child.invoke(messages, config, **kwargs))
 
 
 def _async_call(
-    child: Runnable[Any, BaseMessage], messages: list[BaseMessage], config: RunnableConfig, kwargs: dict[str, Any]
+    child: Runnable[Any, BaseMessage],
+    messages: list[BaseMessage],
+    config: RunnableConfig,
+    kwargs: dict[str, Any],
 ) -> Callable[[], Any]:
     async def call() -> StageOutput:
         return _convert.to_output(await child.ainvoke(messages, config, **kwargs))
@@ -315,7 +329,10 @@ def _async_call(
 
 
 def _sync_live(
-    child: Runnable[Any, BaseMessage], messages: list[BaseMessage], config: RunnableConfig, kwargs: dict[str, Any]
+    child: Runnable[Any, BaseMessage],
+    messages: list[BaseMessage],
+    config: RunnableConfig,
+    kwargs: dict[str, Any],
 ) -> Callable[[], Generator[AIMessageChunk, None, StageOutput]]:
     def live() -> Generator[AIMessageChunk, None, StageOutput]:
         full: AIMessageChunk | None = None
@@ -329,7 +346,10 @@ def _sync_live(
 
 
 def _async_live(
-    child: Runnable[Any, BaseMessage], messages: list[BaseMessage], config: RunnableConfig, kwargs: dict[str, Any]
+    child: Runnable[Any, BaseMessage],
+    messages: list[BaseMessage],
+    config: RunnableConfig,
+    kwargs: dict[str, Any],
 ) -> Callable[[Callable[[StageOutput], None]], AsyncIterator[AIMessageChunk]]:
     async def live(done: Callable[[StageOutput], None]) -> AsyncIterator[AIMessageChunk]:
         full: AIMessageChunk | None = None

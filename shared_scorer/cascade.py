@@ -219,7 +219,9 @@ class Cascade:
                 continue
             outputs[i] = output
             if not last or self.return_policy == "best":
-                request = ScoreRequest(query, output.text or _tool_text(output), attempt.model, i, tuple(answers))
+                request = ScoreRequest(
+                    query, output.text or _tool_text(output), attempt.model, i, tuple(answers)
+                )
                 attempt.score = check_score((yield request), request)
                 if best is None or attempt.score > (attempts[best].score or 0.0):
                     best = i
@@ -357,7 +359,9 @@ class Cascade:
     def _streams_live(self, stage: int) -> bool:
         return stage == len(self.models) - 1 and self.return_policy == "last"
 
-    def _drive(self, steps: Generator[object, Any, CascadeResult], do: Callable[[object], Any]) -> CascadeResult:
+    def _drive(
+        self, steps: Generator[object, Any, CascadeResult], do: Callable[[object], Any]
+    ) -> CascadeResult:
         started = time.perf_counter()
         value: Any = None
         try:

@@ -40,7 +40,9 @@ class TokenPrice:
     input_per_mtok: Decimal
     output_per_mtok: Decimal
 
-    def __init__(self, input_per_mtok: Decimal | str | int | float, output_per_mtok: Decimal | str | int | float):
+    def __init__(
+        self, input_per_mtok: Decimal | str | int | float, output_per_mtok: Decimal | str | int | float
+    ):
         object.__setattr__(self, "input_per_mtok", _decimal(input_per_mtok, "input_per_mtok"))
         object.__setattr__(self, "output_per_mtok", _decimal(output_per_mtok, "output_per_mtok"))
 
@@ -53,7 +55,9 @@ def _decimal(value: Decimal | str | int | float, name: str) -> Decimal:
     try:
         result = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
     except Exception:
-        raise ConfigurationError(f"{name} must be a number of USD per million tokens, got {value!r}") from None
+        raise ConfigurationError(
+            f"{name} must be a number of USD per million tokens, got {value!r}"
+        ) from None
     if not result.is_finite() or result < 0:
         raise ConfigurationError(f"{name} must be a finite, non-negative number, got {value!r}")
     return result

@@ -55,7 +55,9 @@ def parse_record(row: object, where: str) -> Record:
     for name in ("input_tokens", "output_tokens"):
         value = row.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise DataError(f"{where}: field {name!r} must be a non-negative integer or absent, got {value!r}")
+            raise DataError(
+                f"{where}: field {name!r} must be a non-negative integer or absent, got {value!r}"
+            )
         tokens[name] = value
     for name in ("reference", "system"):
         value = row.get(name)

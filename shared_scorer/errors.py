@@ -1,12 +1,12 @@
 """One exception tree for the whole project.
 
-    FrugalError
-    ├── ConfigurationError      bad construction: stages, thresholds, prices, options
-    │   └── UnknownPriceError   a stage whose model has no known price and none was given
-    ├── DataError               a malformed dataset line, file or field (names file and line)
-    ├── CheckpointError         a missing, corrupt or mismatched scorer checkpoint / strategy
-    ├── ScorerError             a scorer that raised or returned something that is not a probability
-    └── CascadeError            every stage failed; ``.failures`` holds each stage's cause
+FrugalError
+├── ConfigurationError      bad construction: stages, thresholds, prices, options
+│   └── UnknownPriceError   a stage whose model has no known price and none was given
+├── DataError               a malformed dataset line, file or field (names file and line)
+├── CheckpointError         a missing, corrupt or mismatched scorer checkpoint / strategy
+├── ScorerError             a scorer that raised or returned something that is not a probability
+└── CascadeError            every stage failed; ``.failures`` holds each stage's cause
 """
 
 from __future__ import annotations

@@ -66,11 +66,15 @@ class ToolCallValidator:
             if errors:
                 first = errors[0]
                 path = ".".join(str(p) for p in first.absolute_path) or "arguments"
-                return f"tool call {call.name!r}: arguments do not fit its schema: {first.message} (at {path})"
+                return (
+                    f"tool call {call.name!r}: arguments do not fit its schema: {first.message} (at {path})"
+                )
         return None
 
 
-def parse_arguments(name: str, raw: str | Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, str | None]:
+def parse_arguments(
+    name: str, raw: str | Mapping[str, Any] | None
+) -> tuple[dict[str, Any] | None, str | None]:
     """Parse a tool call's arguments; returns ``(arguments, None)`` or ``(None, reason)``."""
     if raw is None or raw == "":
         return {}, None
