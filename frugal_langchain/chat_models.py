@@ -181,9 +181,7 @@ class FrugalChatModel(BaseChatModel):
         if stop := stop or self.stop:
             call_kwargs["stop"] = stop
         tools = kwargs.get("tools") or []
-        validate = ToolCallValidator(
-            _convert.tool_specs(tools), _convert.required_tool(kwargs.get("tool_choice"))
-        )
+        validate = ToolCallValidator(_convert.tool_specs(tools), _convert.required_tool(kwargs.get("tool_choice")))
         return call_kwargs, validate
 
     def _children(self, kwargs: dict[str, Any]) -> list[Runnable[Any, BaseMessage]]:
@@ -265,9 +263,7 @@ class FrugalChatModel(BaseChatModel):
             yield chunk
 
     @staticmethod
-    def _emit(
-        chunk: ChatGenerationChunk, run_manager: CallbackManagerForLLMRun | None
-    ) -> ChatGenerationChunk:
+    def _emit(chunk: ChatGenerationChunk, run_manager: CallbackManagerForLLMRun | None) -> ChatGenerationChunk:
         if run_manager is not None:
             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         return chunk
@@ -293,11 +289,7 @@ def _child_configs(
         return [RunnableConfig(tags=[f"frugal:stage={i}"]) for i in range(stages)]
     configs = []
     for i in range(stages):
-        cls = (
-            AsyncCallbackManager
-            if isinstance(run_manager, AsyncCallbackManagerForLLMRun)
-            else CallbackManager
-        )
+        cls = AsyncCallbackManager if isinstance(run_manager, AsyncCallbackManagerForLLMRun) else CallbackManager
         manager = cls(handlers=[], parent_run_id=run_manager.run_id)
         manager.set_handlers(run_manager.inheritable_handlers)
         manager.add_tags(run_manager.inheritable_tags)
