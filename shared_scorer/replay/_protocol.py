@@ -1,0 +1,234 @@
+"""The OpenAI chat-completions wire format of the replay server: scenarios, replies, stream chunks, errors.
+
+Everything here is pure (no sockets, no threads) so that the server only does I/O and bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shared_scorer.errors import ConfigurationError
+
+JSON = dict[str, Any]
+
+FAULT_KINDS: tuple[str, ...] = ("429", "500", "hang", "malformed", "garbage")
+"""The faults :meth:`ReplayServer.set_fault` can inject, see the package docstring."""
+
+CHUNK_CHARS = 20
+"""Streamed content and tool-call arguments are cut into pieces of this many characters."""
+
+MALFORMED_BODY = '{"id": "chatcmpl-replay-malformed", "choices": ['
+"""The body of a ``malformed`` fault: declared ``application/json``, but cut off mid-way."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call the model asks for; ``arguments`` is sent verbatim (it need not be valid JSON)."""
+
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the server answers to one request, before it is put in the wire format."""
+
+    content: str | None
+    tool_calls: tuple[ToolCall, ...] = ()
+    usage: tuple[int, int] | None = None
+    """``(prompt_tokens, completion_tokens)``, or None to leave ``usage`` out of the response."""
+
+    @property
+    def finish_reason(self) -> str:
+        return "tool_calls" if self.tool_calls else "stop"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A scripted answer (usually tool calls) that takes precedence over the recorded answers.
+
+    It applies to a request whose model is ``model`` (or any model when ``model`` is ``"*"``), whose last
+    user message contains ``match``, and whose last message is a ``tool`` message exactly when
+    ``after_tool`` is true (so an agent's second turn, after running the tool, gets the final answer).
+    """
+
+    model: str
+    match: str
+    reply: Reply
+    after_tool: bool = False
+
+    @classmethod
+    def from_dict(cls, raw: object, where: str = "scenario") -> Scenario:
+        """Validate ``{"model", "match", "tool_calls"?, "content"?, "usage"?, "after_tool"?}``."""
+        if not isinstance(raw, Mapping):
+            raise ConfigurationError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        for name in ("model", "match"):
+            if not isinstance(raw.get(name), str):
+                raise ConfigurationError(f"{where}: field {name!r} must be a string, got {raw.get(name)!r}")
+        content = raw.get("content")
+        if content is not None and not isinstance(content, str):
+            raise ConfigurationError(f"{where}: field 'content' must be a string or null, got {content!r}")
+        after_tool = raw.get("after_tool", False)
+        if not isinstance(after_tool, bool):
+            raise ConfigurationError(f"{where}: field 'after_tool' must be a boolean, got {after_tool!r}")
+        calls = tuple(_tool_call(call, f"{where}.tool_calls[{i}]") for i, call in _items(raw, where))
+        if content is None and not calls:
+            raise ConfigurationError(f"{where}: needs 'content' or a non-empty 'tool_calls'")
+        reply = Reply(content=content, tool_calls=calls, usage=_usage(raw.get("usage"), where))
+        return cls(model=raw["model"], match=raw["match"], reply=reply, after_tool=after_tool)
+
+    def applies(self, model: str, user_text: str, last_role: str | None) -> bool:
+        """Whether this scenario answers a request (see the class docstring)."""
+        return self.model in ("*", model) and self.match in user_text and (last_role == "tool") == self.after_tool
+
+
+def _items(raw: Mapping[str, Any], where: str) -> list[tuple[int, object]]:
+    calls = raw.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise ConfigurationError(f"{where}: field 'tool_calls' must be a list, got {calls!r}")
+    return list(enumerate(calls))
+
+
+def _tool_call(raw: object, where: str) -> ToolCall:
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
+        raise ConfigurationError(f"{where}: expected an object with a string 'name', got {raw!r}")
+    arguments = raw.get("arguments", {})
+    if isinstance(arguments, Mapping):
+        arguments = json.dumps(arguments)
+    if not isinstance(arguments, str):
+        raise ConfigurationError(f"{where}: 'arguments' must be a string or an object, got {arguments!r}")
+    return ToolCall(name=raw["name"], arguments=arguments)
+
+
+def _usage(raw: object, where: str) -> tuple[int, int] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ConfigurationError(f"{where}: field 'usage' must be an object, got {raw!r}")
+    counts = [raw.get("prompt_tokens"), raw.get("completion_tokens")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        raise ConfigurationError(f"{where}: 'usage' needs non-negative integer prompt/completion_tokens")
+    return (int(raw["prompt_tokens"]), int(raw["completion_tokens"]))
+
+
+def message_text(content: object) -> str:
+    """The text of a message's ``content``: a string, or the concatenated text parts of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = (part if isinstance(part, str) else part.get("text") for part in content)
+        return "".join(part for part in parts if isinstance(part, str))
+    return ""
+
+
+def last_user_text(messages: Sequence[object]) -> str:
+    """The text of the last ``user`` message, or ``""`` when there is none."""
+    for message in reversed(messages):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            return message_text(message.get("content"))
+    return ""
+
+
+def last_role(messages: Sequence[object]) -> str | None:
+    """The role of the last message, if it has one."""
+    if messages and isinstance(messages[-1], Mapping):
+        role = messages[-1].get("role")
+        return role if isinstance(role, str) else None
+    return None
+
+
+def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> JSON:
+    """An error in OpenAI's format."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def usage_body(usage: tuple[int, int]) -> JSON:
+    prompt, completion = usage
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _tool_calls_body(reply: Reply, call_ids: Sequence[str]) -> list[JSON]:
+    return [
+        {"id": call_id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+        for call_id, call in zip(call_ids, reply.tool_calls, strict=True)
+    ]
+
+
+def completion_body(reply: Reply, *, completion_id: str, model: str, created: int, call_ids: Sequence[str]) -> JSON:
+    """A whole ``chat.completion`` object."""
+    message: JSON = {"role": "assistant", "content": reply.content, "refusal": None}
+    if reply.tool_calls:
+        message["tool_calls"] = _tool_calls_body(reply, call_ids)
+    body: JSON = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}],
+    }
+    if reply.usage is not None:
+        body["usage"] = usage_body(reply.usage)
+    return body
+
+
+def split_text(text: str, size: int = CHUNK_CHARS) -> list[str]:
+    """Cut ``text`` into pieces of ``size`` characters that join back to exactly ``text``."""
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def stream_chunks(
+    reply: Reply,
+    *,
+    completion_id: str,
+    model: str,
+    created: int,
+    call_ids: Sequence[str],
+    include_usage: bool,
+) -> Iterator[JSON]:
+    """The ``chat.completion.chunk`` objects of a streamed reply, as OpenAI sends them.
+
+    A first chunk with the role, the content in pieces, for each tool call a chunk with its id and name
+    followed by its arguments in pieces, a chunk with the ``finish_reason`` and, when ``include_usage``
+    is asked for and the usage is known, a last chunk with no choices and the usage.
+    """
+
+    def chunk(delta: JSON, finish_reason: str | None = None) -> JSON:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        body: JSON = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [choice],
+        }
+        if include_usage:
+            body["usage"] = None
+        return body
+
+    first_content = "" if reply.content is not None or not reply.tool_calls else None
+    yield chunk({"role": "assistant", "content": first_content, "refusal": None})
+    for piece in split_text(reply.content or ""):
+        yield chunk({"content": piece})
+    for index, (call_id, call) in enumerate(zip(call_ids, reply.tool_calls, strict=True)):
+        head = {
+            "index": index,
+            "id": call_id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        yield chunk({"tool_calls": [head]})
+        for piece in split_text(call.arguments):
+            yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+    yield chunk({}, reply.finish_reason)
+    if include_usage and reply.usage is not None:
+        yield {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": usage_body(reply.usage),
+        }
