@@ -68,7 +68,7 @@ class FrugalChatModel(BaseChatModel):
     return_policy: Literal["last", "best"] = "last"
     """``"last"``: when no earlier stage is accepted, return the last stage's answer. ``"best"``: return
     the best-scored answer seen (the last stage is then scored and buffered when streaming)."""
-    cost_tracker: CostTracker | None = Field(default=None, exclude=True)
+    cost_tracker: CostTracker = Field(default_factory=CostTracker, exclude=True)
     """Where every call's spend is recorded; pass one to share it between models. Created if omitted."""
     model_name: str = Field(default="frugal-cascade", alias="model")
     """The name this cascade reports for tracing. Each answer's ``response_metadata["model_name"]`` is
@@ -106,7 +106,6 @@ class FrugalChatModel(BaseChatModel):
             return_policy=self.return_policy,
             tracker=self.cost_tracker,
         )
-        self.cost_tracker = self._cascade.tracker
 
     @property
     def cascade(self) -> Cascade:

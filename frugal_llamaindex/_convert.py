@@ -1,0 +1,108 @@
+"""Translation between LlamaIndex chat types and the core's. No decisions are made here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole, ToolCallBlock
+from llama_index.core.tools import BaseTool
+
+from shared_scorer.cascade import CascadeResult, StageOutput, ToolCall
+from shared_scorer.tools import ToolSpec, parse_arguments
+
+
+def query_text(messages: Sequence[ChatMessage]) -> str:
+    """The text the scorer rates an answer against: the last user message (else the last message)."""
+    for message in reversed(messages):
+        if message.role == MessageRole.USER:
+            return message.content or ""
+    return (messages[-1].content or "") if messages else ""
+
+
+def _usage(response: ChatResponse) -> tuple[int | None, int | None]:
+    extra = response.additional_kwargs or {}
+    if "prompt_tokens" in extra and "completion_tokens" in extra:
+        return int(extra["prompt_tokens"]), int(extra["completion_tokens"])
+    usage = getattr(response.raw, "usage", None)
+    if usage is None and isinstance(response.raw, dict):
+        usage = response.raw.get("usage")
+    if usage is None:
+        return None, None
+    get = usage.get if isinstance(usage, dict) else lambda k: getattr(usage, k, None)
+    tokens_in, tokens_out = get("prompt_tokens"), get("completion_tokens")
+    if tokens_in is None or tokens_out is None:
+        return None, None
+    return int(tokens_in), int(tokens_out)
+
+
+def _raw_tool_calls(message: ChatMessage) -> list[tuple[str, str | None, Any]]:
+    """(name, id, raw arguments) of every tool call, from blocks or the older additional_kwargs."""
+    calls: list[tuple[str, str | None, Any]] = [
+        (b.tool_name, b.tool_call_id, b.tool_kwargs) for b in message.blocks if isinstance(b, ToolCallBlock)
+    ]
+    if calls:
+        return calls
+    for call in message.additional_kwargs.get("tool_calls") or []:
+        function = getattr(call, "function", None) or (call.get("function") if isinstance(call, dict) else None)
+        if function is None:
+            continue
+        name = getattr(function, "name", None) or (function.get("name") if isinstance(function, dict) else "")
+        args = getattr(function, "arguments", None)
+        if args is None and isinstance(function, dict):
+            args = function.get("arguments")
+        call_id = getattr(call, "id", None) or (call.get("id") if isinstance(call, dict) else None)
+        calls.append((str(name), call_id, args))
+    return calls
+
+
+def to_output(response: ChatResponse) -> StageOutput:
+    """A stage's ``ChatResponse`` as a :class:`StageOutput`; unparseable tool arguments are problems."""
+    if not isinstance(response, ChatResponse):
+        raise TypeError(f"stage returned {type(response).__name__}, expected a ChatResponse")
+    calls: list[ToolCall] = []
+    problems: list[str] = []
+    for name, call_id, raw in _raw_tool_calls(response.message):
+        arguments, problem = parse_arguments(name, raw)
+        if problem is not None:
+            problems.append(problem)
+        else:
+            assert arguments is not None
+            calls.append(ToolCall(name, arguments, call_id))
+    tokens_in, tokens_out = _usage(response)
+    return StageOutput(
+        text=response.message.content or "",
+        input_tokens=tokens_in,
+        output_tokens=tokens_out,
+        tool_calls=tuple(calls),
+        payload=response,
+        problems=tuple(problems),
+    )
+
+
+def tool_specs(tools: Sequence[BaseTool]) -> list[ToolSpec]:
+    return [ToolSpec(t.metadata.get_name(), t.metadata.get_parameters_dict()) for t in tools]
+
+
+def final_response(result: CascadeResult) -> ChatResponse:
+    """The accepted stage's response with the trail in ``additional_kwargs["frugal"]``."""
+    assert result.output is not None
+    response: ChatResponse = result.output.payload
+    extra = {
+        **response.additional_kwargs,
+        "frugal": result.trail(),
+        "model_name": result.model,
+        "prompt_tokens": result.input_tokens,
+        "completion_tokens": result.output_tokens,
+        "total_tokens": result.input_tokens + result.output_tokens,
+    }
+    return response.model_copy(update={"additional_kwargs": extra})
+
+
+def closing_response(result: CascadeResult, text: str, *, with_answer: bool) -> ChatResponse:
+    """The last streamed response: the whole answer when buffered, else the streamed text, plus the trail."""
+    final = final_response(result)
+    if with_answer:
+        return final.model_copy(update={"delta": final.message.content or ""})
+    message = final.message.model_copy(update={"content": text})
+    return final.model_copy(update={"message": message, "delta": ""})

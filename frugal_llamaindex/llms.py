@@ -1,0 +1,314 @@
+"""``FrugalLLM``: a FrugalGPT cascade of LlamaIndex LLMs behind one ``FunctionCallingLLM``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from typing import Any, Literal
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import LLM, ToolSelection
+from llama_index.core.tools import BaseTool
+from pydantic import Field, PrivateAttr
+
+from frugal_llamaindex import _convert
+from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator
+from shared_scorer.costs import CostTracker
+from shared_scorer.errors import ConfigurationError
+from shared_scorer.tools import ToolCallValidator
+
+dispatcher = get_dispatcher(__name__)
+
+
+class FrugalLLM(FunctionCallingLLM):
+    """A cascade of LlamaIndex LLMs, cheapest first, that answers as one LLM.
+
+    The same cascade as ``frugal_langchain.FrugalChatModel`` (both delegate to ``shared_scorer.Cascade``):
+    each stage's answer is scored and returned if it reaches that stage's threshold, else the next stage
+    is asked; provider errors and invalid tool calls escalate too. The trail rides on every response as
+    ``additional_kwargs["frugal"]``. Stage calls emit their own LLM callback and instrumentation
+    events (this wrapper opens a span but emits no LLM event of its own), so ``TokenCountingHandler``
+    counts each stage call exactly once.
+
+    Example:
+        .. code-block:: python
+
+            from llama_index.core.llms import MockLLM
+            from frugal_llamaindex import FrugalLLM
+
+            llm = FrugalLLM(
+                stages=[MockLLM(), MockLLM()],
+                scorer=lambda query, answer: 0.9,
+                thresholds=[0.8],
+                prices={"MockLLM": (0, 0)},
+            )
+            llm.complete("Who wrote Middlemarch?").additional_kwargs["frugal"]["stage"]  # 0
+    """
+
+    stages: list[Any] = Field(description="The stage LLMs, cheapest first (any LlamaIndex LLM).")
+    scorer: Any = Field(description="A shared_scorer.Scorer or a function (query, answer) -> [0, 1].")
+    thresholds: list[float] = Field(default_factory=list, description="One threshold per stage but the last.")
+    prices: dict[str, Any] | None = Field(
+        default=None, description="Price overrides by stage model name: (input, output) USD per million tokens."
+    )
+    return_policy: Literal["last", "best"] = Field(
+        default="last", description="'last': return the last stage's answer; 'best': the best-scored answer."
+    )
+    cost_tracker: CostTracker = Field(
+        default_factory=CostTracker, exclude=True, description="Where every call's spend is recorded; share it freely."
+    )
+    model_name: str = Field(default="frugal-cascade", description="The name this cascade reports.")
+
+    _cascade: Cascade = PrivateAttr()
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        if not self.stages:
+            raise ConfigurationError("FrugalLLM needs at least one stage")
+        for i, stage in enumerate(self.stages):
+            if not isinstance(stage, LLM):
+                raise ConfigurationError(f"stage {i} must be a LlamaIndex LLM, got {type(stage).__name__}")
+        self._cascade = Cascade(
+            [stage_name(s) for s in self.stages],
+            self.thresholds,
+            self.scorer,
+            prices=self.prices,
+            return_policy=self.return_policy,
+            tracker=self.cost_tracker,
+        )
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "FrugalLLM"
+
+    @property
+    def cascade(self) -> Cascade:
+        """The framework-free cascade this LLM delegates every decision to."""
+        return self._cascade
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        metas = [s.metadata for s in self.stages]
+        return LLMMetadata(
+            context_window=min(m.context_window for m in metas),
+            num_output=min(m.num_output for m in metas),
+            is_chat_model=True,
+            is_function_calling_model=all(
+                isinstance(s, FunctionCallingLLM) and s.metadata.is_function_calling_model for s in self.stages
+            ),
+            model_name=self.model_name,
+        )
+
+    # ------------------------------------------------------------------ tools
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg))
+        elif user_msg is not None:
+            messages.append(user_msg)
+        return {
+            "messages": messages,
+            "tools": list(tools),
+            "tool_required": tool_required,
+            "allow_parallel_tool_calls": allow_parallel_tool_calls,
+            **kwargs,
+        }
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The tool calls of the accepted stage's answer (arguments already validated)."""
+        trail = response.additional_kwargs.get("frugal") or {}
+        stage = trail.get("stage")
+        if stage is None:
+            raise ConfigurationError("response carries no frugal trail: it did not come from this FrugalLLM")
+        return self.stages[stage].get_tool_calls_from_response(  # type: ignore[no-any-return]
+            response, error_on_no_tool_call=error_on_no_tool_call, **kwargs
+        )
+
+    # ------------------------------------------------------------------ one call
+
+    def _sync_callbacks(self) -> None:
+        """Stages without handlers of their own report to this LLM's callback manager."""
+        for stage in self.stages:
+            if stage.callback_manager is not self.callback_manager and not stage.callback_manager.handlers:
+                stage.callback_manager = self.callback_manager
+
+    def _plan(self, kwargs: dict[str, Any]) -> tuple[list[Callable[..., Any]], list[Callable[..., Any]], Validator]:
+        """Per stage: the sync and async chat functions to call, and the answer validator."""
+        tools = kwargs.pop("tools", None)
+        self._sync_callbacks()
+        if not tools:
+            validate = ToolCallValidator([])
+            return [s.chat for s in self.stages], [s.achat for s in self.stages], validate
+        required = "any" if kwargs.get("tool_required") else None
+        validate = ToolCallValidator(_convert.tool_specs(tools), required)
+        sync, asyn = [], []
+        for stage in self.stages:
+            if not isinstance(stage, FunctionCallingLLM):
+                raise ConfigurationError(f"stage {stage_name(stage)!r} does not support function calling")
+            sync.append(_with_tools(stage.chat_with_tools, tools))
+            asyn.append(_with_tools(stage.achat_with_tools, tools))
+        return sync, asyn, validate
+
+    @dispatcher.span
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        sync, _, validate = self._plan(kwargs)
+        calls = [_call(fn, messages, kwargs) for fn in sync]
+        result = self._cascade.run(_convert.query_text(messages), calls, validate)
+        return _convert.final_response(result)
+
+    @dispatcher.span
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        _, asyn, validate = self._plan(kwargs)
+        calls = [_acall(fn, messages, kwargs) for fn in asyn]
+        result = await self._cascade.arun(_convert.query_text(messages), calls, validate)
+        return _convert.final_response(result)
+
+    @dispatcher.span
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        has_tools = bool(kwargs.get("tools"))
+        sync, _, validate = self._plan(kwargs)
+        calls = [_call(fn, messages, kwargs) for fn in sync]
+        live = None if has_tools else _live(self.stages[-1], messages, kwargs)
+
+        def gen() -> ChatResponseGen:
+            text = ""
+            for item in self._cascade.stream(_convert.query_text(messages), calls, live, validate):
+                if isinstance(item, CascadeResult):
+                    yield _convert.closing_response(item, text, with_answer=not text)
+                else:
+                    text += item.delta or ""
+                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=item.delta)
+
+        return gen()
+
+    @dispatcher.span
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        has_tools = bool(kwargs.get("tools"))
+        _, asyn, validate = self._plan(kwargs)
+        calls = [_acall(fn, messages, kwargs) for fn in asyn]
+        live = None if has_tools else _alive(self.stages[-1], messages, kwargs)
+
+        async def gen() -> ChatResponseAsyncGen:
+            text = ""
+            async for item in self._cascade.astream(_convert.query_text(messages), calls, live, validate):
+                if isinstance(item, CascadeResult):
+                    yield _convert.closing_response(item, text, with_answer=not text)
+                else:
+                    text += item.delta or ""
+                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=item.delta)
+
+        return gen()
+
+    # ------------------------------------------------------------------ completion, through chat
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return _completion(self.chat(_as_messages(prompt), **kwargs))
+
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return _completion(await self.achat(_as_messages(prompt), **kwargs))
+
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        responses = self.stream_chat(_as_messages(prompt), **kwargs)
+        return (_completion(r) for r in responses)
+
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        responses = await self.astream_chat(_as_messages(prompt), **kwargs)
+
+        async def gen() -> CompletionResponseAsyncGen:
+            async for response in responses:
+                yield _completion(response)
+
+        return gen()
+
+
+def stage_name(llm: Any) -> str:
+    """The model name a stage is priced and reported under."""
+    for candidate in (getattr(llm, "model", None), getattr(llm, "model_name", None)):
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    try:
+        name = llm.metadata.model_name
+    except Exception:
+        name = None
+    return name if isinstance(name, str) and name and name != "unknown" else type(llm).__name__
+
+
+def _as_messages(prompt: str) -> list[ChatMessage]:
+    return [ChatMessage(role=MessageRole.USER, content=prompt)]
+
+
+def _completion(response: ChatResponse) -> CompletionResponse:
+    return CompletionResponse(
+        text=response.message.content or "",
+        delta=response.delta,
+        raw=response.raw,
+        additional_kwargs=response.additional_kwargs,
+    )
+
+
+def _with_tools(method: Callable[..., Any], tools: list[BaseTool]) -> Callable[..., Any]:
+    def call(messages: Sequence[ChatMessage], **kwargs: Any) -> Any:
+        kwargs.pop("messages", None)
+        return method(tools, chat_history=list(messages), **kwargs)
+
+    return call
+
+
+def _call(fn: Callable[..., ChatResponse], messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> Any:
+    return lambda: _convert.to_output(fn(messages, **kwargs))
+
+
+def _acall(fn: Callable[..., Any], messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> Any:
+    async def call() -> StageOutput:
+        return _convert.to_output(await fn(messages, **kwargs))
+
+    return call
+
+
+def _live(
+    stage: LLM, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
+) -> Callable[[], Generator[ChatResponse, None, StageOutput]]:
+    def live() -> Generator[ChatResponse, None, StageOutput]:
+        last: ChatResponse | None = None
+        for response in stage.stream_chat(messages, **kwargs):
+            last = response
+            yield response
+        return _convert.to_output(last or ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content="")))
+
+    return live
+
+
+def _alive(
+    stage: LLM, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
+) -> Callable[[Callable[[StageOutput], None]], AsyncIterator[ChatResponse]]:
+    async def live(done: Callable[[StageOutput], None]) -> AsyncIterator[ChatResponse]:
+        last: ChatResponse | None = None
+        async for response in await stage.astream_chat(messages, **kwargs):
+            last = response
+            yield response
+        done(_convert.to_output(last or ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=""))))
+
+    return live

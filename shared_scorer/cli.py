@@ -1,0 +1,111 @@
+"""The ``frugal`` command.
+
+    frugal replay-server --data FILE       serve recorded answers as an OpenAI-compatible endpoint
+    frugal train-scorer --train FILE ...   train the DistilBERT scorer on recorded answers
+    frugal eval --data FILE --scorer DIR   replay a dataset through FrugalChatModel; print the figures
+
+The core stays framework-free: ``eval`` imports the LangChain adapter only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from shared_scorer.data import Record
+from shared_scorer.errors import FrugalError
+from shared_scorer.scoring.base import Scorer
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "eval",
+        help="replay a recorded dataset through FrugalChatModel over the replay server",
+        description="Replay every query of a recorded dataset through a FrugalChatModel whose stages are "
+        "ChatOpenAI clients of a local replay server; print each model's and the cascade's accuracy and cost.",
+    )
+    parser.add_argument("--data", required=True, type=Path, help="recorded JSON Lines file to replay (test split)")
+    parser.add_argument(
+        "--scorer",
+        required=True,
+        help="a DistilBertScorer folder saved by 'frugal train-scorer', or 'oracle' to grade with the "
+        "recorded labels (an upper bound, not a real scorer)",
+    )
+    parser.add_argument("--chain", type=_names, help="comma-separated models, cheapest first (default: all, by cost)")
+    parser.add_argument("--thresholds", type=_floats, help="one per stage but the last (default: 0.5 each)")
+    parser.add_argument("--prices", type=Path, help="prices JSON (default: prices.json beside the data's folder)")
+    parser.add_argument("--limit", type=int, help="replay only the first N queries")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from frugal_langchain.evaluate import evaluate, format_table, load_prices, single_model_figures
+    from shared_scorer.data import load_records, models_of
+
+    records = load_records(args.data)
+    prices_path = args.prices or args.data.resolve().parent.parent / "prices.json"
+    prices = load_prices(prices_path) if prices_path.is_file() else {}
+    chain = args.chain
+    if not chain:
+        singles = single_model_figures(records, {r.query_id for r in records}, models_of(records), prices)
+        chain = [f.model for f in sorted(singles, key=lambda f: f.cost_per_query_usd)]
+    thresholds = args.thresholds if args.thresholds is not None else [0.5] * (len(chain) - 1)
+    scorer = _load_scorer(args.scorer, records)
+    result = evaluate(records, chain, thresholds, scorer, prices, limit=args.limit, concurrency=args.concurrency)
+    print(format_table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _load_scorer(spec: str, records: Sequence[Record]) -> Scorer:
+    if spec == "oracle":
+        from shared_scorer.scoring.oracle import OracleScorer
+
+        return OracleScorer(records)
+    from shared_scorer.scoring.distilbert import DistilBertScorer
+
+    return DistilBertScorer.load(spec)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from shared_scorer.replay.cli import add_replay_parser
+    from shared_scorer.scoring.cli import add_train_scorer_parser
+
+    parser = argparse.ArgumentParser(prog="frugal", description="FrugalGPT cascades for LangChain and LlamaIndex.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_replay_parser(subparsers)
+    add_train_scorer_parser(subparsers)
+    _add_eval_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except FrugalError as exc:
+        print(f"frugal {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
