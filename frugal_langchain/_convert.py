@@ -22,6 +22,20 @@ def query_text(messages: Sequence[BaseMessage]) -> str:
     return messages[-1].text if messages else ""
 
 
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
+
+
+def turns(messages: Sequence[BaseMessage]) -> list[tuple[str, str]]:
+    """The conversation as the core's ``(role, text)`` turns (tool calls included as text)."""
+    out = []
+    for message in messages:
+        text = str(message.text)
+        if isinstance(message, AIMessage) and message.tool_calls:
+            text += "".join(f"\n<tool_call {c['name']} {c['args']}>" for c in message.tool_calls)
+        out.append((_ROLES.get(message.type, message.type), text))
+    return out
+
+
 def to_output(message: BaseMessage) -> StageOutput:
     """A child's reply as a :class:`StageOutput` (unparseable tool calls listed as problems)."""
     if not isinstance(message, AIMessage):
@@ -81,9 +95,9 @@ def final_metadata(result: CascadeResult) -> tuple[dict[str, Any], dict[str, int
 
 
 def final_message(result: CascadeResult) -> AIMessage:
-    """The accepted stage's message, carrying the whole trail and the summed usage."""
+    """The accepted stage's message (or the cached answer), carrying the whole trail and the summed usage."""
     assert result.output is not None
-    message = result.output.payload
+    message = result.output.payload or AIMessage(content=result.output.text)
     response, usage = final_metadata(result)
     return message.model_copy(
         update={
@@ -109,7 +123,7 @@ def closing_chunk(result: CascadeResult, *, with_answer: bool) -> ChatGeneration
     content: Any = ""
     chunks = []
     if with_answer and result.output is not None:
-        message = result.output.payload
+        message = result.output.payload or AIMessage(content=result.output.text)
         content = message.content
         chunks = [
             tool_call_chunk(name=c["name"], args=_json(c["args"]), id=c.get("id"), index=i)

@@ -22,6 +22,7 @@ from frugal_langchain import _convert
 from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator
 from shared_scorer.costs import CostTracker
 from shared_scorer.errors import ConfigurationError
+from shared_scorer.hooks import CallContext, Scope, build_context
 from shared_scorer.tools import ToolCallValidator
 
 _FORWARDED = ("temperature", "max_tokens")
@@ -86,6 +87,20 @@ class FrugalChatModel(BaseChatModel):
     """Reported for tracing only: each child client owns its retries; a stage that still fails escalates."""
     streaming: bool = False
     """Whether ``invoke`` streams internally (LangChain's standard flag)."""
+    tenant: str | None = None
+    """The tenant calls belong to (cache entries and budgets are scoped by it); a call's
+    ``config={"metadata": {"tenant": ...}}`` overrides it."""
+    user: str | None = None
+    """The user calls belong to; ``config={"metadata": {"user": ...}}`` overrides it."""
+    answer_cache: Any = None
+    """An ``AnswerCache`` consulted before the first stage (accepted answers are stored in it)."""
+    budget: Any = None
+    """A ``Budget``: each stage's worst-case cost is reserved before the stage is called."""
+    on_budget: Literal["stop", "raise"] = "stop"
+    """When a stage cannot be afforded: ``"stop"`` returns the best answer already in hand (raising
+    ``BudgetExceeded`` if there is none), ``"raise"`` raises ``BudgetExceeded`` naming the limit."""
+    strategy_id: str = ""
+    """Identifies the fitted strategy (part of every cache fingerprint, so a new strategy starts afresh)."""
 
     _cascade: Cascade = PrivateAttr()
 
@@ -105,6 +120,9 @@ class FrugalChatModel(BaseChatModel):
             prices=self.prices,
             return_policy=self.return_policy,
             tracker=self.cost_tracker,
+            answer_cache=self.answer_cache,
+            budget=self.budget,
+            on_budget=self.on_budget,
         )
 
     @property
@@ -171,8 +189,14 @@ class FrugalChatModel(BaseChatModel):
 
     # ------------------------------------------------------------------ one call
 
-    def _prepare(self, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[dict[str, Any], Validator]:
-        """Split per-call kwargs into what every child gets and the answer validator."""
+    def _prepare(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+    ) -> tuple[dict[str, Any], Validator, CallContext]:
+        """Split per-call kwargs into what every child gets, the answer validator and the call's context."""
         call_kwargs = {k: v for k, v in kwargs.items() if k not in _OWN_KWARGS}
         for name in _FORWARDED:
             if getattr(self, name) is not None and name not in call_kwargs:
@@ -181,7 +205,19 @@ class FrugalChatModel(BaseChatModel):
             call_kwargs["stop"] = stop
         tools = kwargs.get("tools") or []
         validate = ToolCallValidator(_convert.tool_specs(tools), _convert.required_tool(kwargs.get("tool_choice")))
-        return call_kwargs, validate
+        metadata = run_manager.metadata if run_manager is not None else {}
+        context = build_context(
+            _convert.turns(messages),
+            scope=Scope(
+                tenant=str(metadata.get("tenant") or self.tenant or "default"),
+                user=str(metadata.get("user") or self.user or "default"),
+            ),
+            tools=[tools, kwargs.get("tool_choice")] if tools else None,
+            strategy=self.strategy_id,
+            max_output_tokens=call_kwargs.get("max_tokens") or _stage_max_tokens(self.stages),
+            cacheable=metadata.get("frugal_cache", True) is not False,
+        )
+        return call_kwargs, validate, context
 
     def _children(self, kwargs: dict[str, Any]) -> list[Runnable[Any, BaseMessage]]:
         tools = kwargs.get("tools")
@@ -197,11 +233,11 @@ class FrugalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        call_kwargs, validate = self._prepare(stop, kwargs)
+        call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
         children = self._children(kwargs)
         configs = _child_configs(run_manager, len(children))
         calls = [_sync_call(c, messages, cfg, call_kwargs) for c, cfg in zip(children, configs, strict=True)]
-        result = self._cascade.run(_convert.query_text(messages), calls, validate)
+        result = self._cascade.run(_convert.query_text(messages), calls, validate, context)
         return ChatResult(generations=[ChatGeneration(message=_convert.final_message(result))])
 
     async def _agenerate(
@@ -211,11 +247,11 @@ class FrugalChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        call_kwargs, validate = self._prepare(stop, kwargs)
+        call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
         children = self._children(kwargs)
         configs = _child_configs(run_manager, len(children))
         calls = [_async_call(c, messages, cfg, call_kwargs) for c, cfg in zip(children, configs, strict=True)]
-        result = await self._cascade.arun(_convert.query_text(messages), calls, validate)
+        result = await self._cascade.arun(_convert.query_text(messages), calls, validate, context)
         return ChatResult(generations=[ChatGeneration(message=_convert.final_message(result))])
 
     def _stream(
@@ -225,13 +261,13 @@ class FrugalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        call_kwargs, validate = self._prepare(stop, kwargs)
+        call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
         children = self._children(kwargs)
         configs = _child_configs(run_manager, len(children))
         calls = [_sync_call(c, messages, cfg, call_kwargs) for c, cfg in zip(children, configs, strict=True)]
         live = None if kwargs.get("tools") else _sync_live(children[-1], messages, configs[-1], call_kwargs)
         streamed = False
-        for item in self._cascade.stream(_convert.query_text(messages), calls, live, validate):
+        for item in self._cascade.stream(_convert.query_text(messages), calls, live, validate, context):
             if isinstance(item, CascadeResult):
                 yield self._emit(_convert.closing_chunk(item, with_answer=not streamed), run_manager)
             else:
@@ -245,13 +281,13 @@ class FrugalChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        call_kwargs, validate = self._prepare(stop, kwargs)
+        call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
         children = self._children(kwargs)
         configs = _child_configs(run_manager, len(children))
         calls = [_async_call(c, messages, cfg, call_kwargs) for c, cfg in zip(children, configs, strict=True)]
         live = None if kwargs.get("tools") else _async_live(children[-1], messages, configs[-1], call_kwargs)
         streamed = False
-        async for item in self._cascade.astream(_convert.query_text(messages), calls, live, validate):
+        async for item in self._cascade.astream(_convert.query_text(messages), calls, live, validate, context):
             if isinstance(item, CascadeResult):
                 chunk = _convert.closing_chunk(item, with_answer=not streamed)
             else:
@@ -266,6 +302,13 @@ class FrugalChatModel(BaseChatModel):
         if run_manager is not None:
             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         return chunk
+
+
+def _stage_max_tokens(stages: list[Any]) -> int | None:
+    """The largest ``max_tokens`` any stage may write, when every stage sets one."""
+    limits = [getattr(s, "max_tokens", None) for s in stages]
+    ints = [x for x in limits if isinstance(x, int)]
+    return max(ints) if len(ints) == len(limits) else None
 
 
 def stage_name(model: BaseChatModel) -> str:

@@ -20,6 +20,20 @@ def query_text(messages: Sequence[ChatMessage]) -> str:
     return (messages[-1].content or "") if messages else ""
 
 
+def turns(messages: Sequence[ChatMessage]) -> list[tuple[str, str]]:
+    """The conversation as the core's ``(role, text)`` turns (tool calls included as text)."""
+    out = []
+    for message in messages:
+        role = message.role.value if isinstance(message.role, MessageRole) else str(message.role)
+        text = message.content or ""
+        calls = [(name, args) for name, _, args in _raw_tool_calls(message)]
+        if calls:
+            parsed = [(name, parse_arguments(name, args)[0]) for name, args in calls]
+            text += "".join(f"\n<tool_call {name} {args}>" for name, args in parsed)
+        out.append(({"function": "tool", "model": "assistant", "chatbot": "assistant"}.get(role, role), text))
+    return out
+
+
 def _usage(response: ChatResponse) -> tuple[int | None, int | None]:
     extra = response.additional_kwargs or {}
     if "prompt_tokens" in extra and "completion_tokens" in extra:
@@ -87,7 +101,9 @@ def tool_specs(tools: Sequence[BaseTool]) -> list[ToolSpec]:
 def final_response(result: CascadeResult) -> ChatResponse:
     """The accepted stage's response with the trail in ``additional_kwargs["frugal"]``."""
     assert result.output is not None
-    response: ChatResponse = result.output.payload
+    response: ChatResponse = result.output.payload or ChatResponse(
+        message=ChatMessage(role=MessageRole.ASSISTANT, content=result.output.text)
+    )
     extra = {
         **response.additional_kwargs,
         "frugal": result.trail(),

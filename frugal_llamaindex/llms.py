@@ -26,6 +26,7 @@ from frugal_llamaindex import _convert
 from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator
 from shared_scorer.costs import CostTracker
 from shared_scorer.errors import ConfigurationError
+from shared_scorer.hooks import CallContext, Scope, build_context
 from shared_scorer.tools import ToolCallValidator
 
 dispatcher = get_dispatcher(__name__)
@@ -69,6 +70,14 @@ class FrugalLLM(FunctionCallingLLM):
         default_factory=CostTracker, exclude=True, description="Where every call's spend is recorded; share it freely."
     )
     model_name: str = Field(default="frugal-cascade", description="The name this cascade reports.")
+    tenant: str | None = Field(default=None, description="Tenant scope; a call's tenant= keyword overrides it.")
+    user: str | None = Field(default=None, description="User scope; a call's user= keyword overrides it.")
+    answer_cache: Any = Field(default=None, exclude=True, description="An AnswerCache consulted first.")
+    budget: Any = Field(default=None, exclude=True, description="A Budget reserving each stage's worst case.")
+    on_budget: Literal["stop", "raise"] = Field(
+        default="stop", description="Unaffordable stage: 'stop' returns the best answer in hand, 'raise' raises."
+    )
+    strategy_id: str = Field(default="", description="The fitted strategy's id (part of cache fingerprints).")
 
     _cascade: Cascade = PrivateAttr()
 
@@ -86,6 +95,9 @@ class FrugalLLM(FunctionCallingLLM):
             prices=self.prices,
             return_policy=self.return_policy,
             tracker=self.cost_tracker,
+            answer_cache=self.answer_cache,
+            budget=self.budget,
+            on_budget=self.on_budget,
         )
 
     @classmethod
@@ -155,13 +167,30 @@ class FrugalLLM(FunctionCallingLLM):
             if stage.callback_manager is not self.callback_manager and not stage.callback_manager.handlers:
                 stage.callback_manager = self.callback_manager
 
-    def _plan(self, kwargs: dict[str, Any]) -> tuple[list[Callable[..., Any]], list[Callable[..., Any]], Validator]:
-        """Per stage: the sync and async chat functions to call, and the answer validator."""
+    def _context(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> CallContext:
+        """The call's scope (``tenant=``/``user=`` keywords win over the fields) and validity fingerprint."""
+        tenant, user = kwargs.pop("tenant", None), kwargs.pop("user", None)
+        tools = kwargs.get("tools")
+        specs = [[s.name, s.parameters] for s in _convert.tool_specs(tools)] if tools else None
+        return build_context(
+            _convert.turns(messages),
+            scope=Scope(tenant=str(tenant or self.tenant or "default"), user=str(user or self.user or "default")),
+            tools=[specs, "any" if kwargs.get("tool_required") else None] if specs else None,
+            strategy=self.strategy_id,
+            max_output_tokens=_stage_max_tokens(self.stages),
+            cacheable=kwargs.pop("frugal_cache", True) is not False,
+        )
+
+    def _plan(
+        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
+    ) -> tuple[list[Callable[..., Any]], list[Callable[..., Any]], Validator, CallContext]:
+        """Per stage: the sync and async chat functions to call; the answer validator; the call's context."""
+        context = self._context(messages, kwargs)
         tools = kwargs.pop("tools", None)
         self._sync_callbacks()
         if not tools:
             validate = ToolCallValidator([])
-            return [s.chat for s in self.stages], [s.achat for s in self.stages], validate
+            return [s.chat for s in self.stages], [s.achat for s in self.stages], validate, context
         required = "any" if kwargs.get("tool_required") else None
         validate = ToolCallValidator(_convert.tool_specs(tools), required)
         sync, asyn = [], []
@@ -170,32 +199,32 @@ class FrugalLLM(FunctionCallingLLM):
                 raise ConfigurationError(f"stage {stage_name(stage)!r} does not support function calling")
             sync.append(_with_tools(stage.chat_with_tools, tools))
             asyn.append(_with_tools(stage.achat_with_tools, tools))
-        return sync, asyn, validate
+        return sync, asyn, validate, context
 
     @dispatcher.span
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        sync, _, validate = self._plan(kwargs)
+        sync, _, validate, context = self._plan(messages, kwargs)
         calls = [_call(fn, messages, kwargs) for fn in sync]
-        result = self._cascade.run(_convert.query_text(messages), calls, validate)
+        result = self._cascade.run(_convert.query_text(messages), calls, validate, context)
         return _convert.final_response(result)
 
     @dispatcher.span
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        _, asyn, validate = self._plan(kwargs)
+        _, asyn, validate, context = self._plan(messages, kwargs)
         calls = [_acall(fn, messages, kwargs) for fn in asyn]
-        result = await self._cascade.arun(_convert.query_text(messages), calls, validate)
+        result = await self._cascade.arun(_convert.query_text(messages), calls, validate, context)
         return _convert.final_response(result)
 
     @dispatcher.span
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         has_tools = bool(kwargs.get("tools"))
-        sync, _, validate = self._plan(kwargs)
+        sync, _, validate, context = self._plan(messages, kwargs)
         calls = [_call(fn, messages, kwargs) for fn in sync]
         live = None if has_tools else _live(self.stages[-1], messages, kwargs)
 
         def gen() -> ChatResponseGen:
             text = ""
-            for item in self._cascade.stream(_convert.query_text(messages), calls, live, validate):
+            for item in self._cascade.stream(_convert.query_text(messages), calls, live, validate, context):
                 if isinstance(item, CascadeResult):
                     yield _convert.closing_response(item, text, with_answer=not text)
                 else:
@@ -207,13 +236,13 @@ class FrugalLLM(FunctionCallingLLM):
     @dispatcher.span
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         has_tools = bool(kwargs.get("tools"))
-        _, asyn, validate = self._plan(kwargs)
+        _, asyn, validate, context = self._plan(messages, kwargs)
         calls = [_acall(fn, messages, kwargs) for fn in asyn]
         live = None if has_tools else _alive(self.stages[-1], messages, kwargs)
 
         async def gen() -> ChatResponseAsyncGen:
             text = ""
-            async for item in self._cascade.astream(_convert.query_text(messages), calls, live, validate):
+            async for item in self._cascade.astream(_convert.query_text(messages), calls, live, validate, context):
                 if isinstance(item, CascadeResult):
                     yield _convert.closing_response(item, text, with_answer=not text)
                 else:
@@ -242,6 +271,13 @@ class FrugalLLM(FunctionCallingLLM):
                 yield _completion(response)
 
         return gen()
+
+
+def _stage_max_tokens(stages: list[Any]) -> int | None:
+    """The largest ``max_tokens`` any stage may write, when every stage sets one."""
+    limits = [getattr(s, "max_tokens", None) for s in stages]
+    ints = [x for x in limits if isinstance(x, int)]
+    return max(ints) if len(ints) == len(limits) else None
 
 
 def stage_name(llm: Any) -> str:

@@ -1,140 +1,47 @@
-"""The one escalation loop: call a stage, validate, score, accept or escalate.
+"""The one escalation loop: (cache,) reserve, call a stage, validate, score, accept or escalate.
 
-The decisions live in :meth:`Cascade._decide`, a generator that *asks* for stage calls and scores and
-never performs I/O itself. Three drivers run it: :meth:`Cascade.run` (sync), :meth:`Cascade.arun`
-(async) and :meth:`Cascade.stream` / :meth:`Cascade.astream` (the last stage streamed live). So sync,
-async and streaming calls cannot disagree on which answer is returned.
+The decisions live in :meth:`Cascade._decide`, a generator that *asks* for what it needs (a cache
+lookup, a budget reservation, a stage call, a score) and never performs I/O itself. The drivers run it:
+:meth:`Cascade.run` (sync), :meth:`Cascade.arun` (async) and :meth:`Cascade.stream` /
+:meth:`Cascade.astream` (the last stage streamed live). So sync, async and streaming calls, and both
+framework adapters, cannot disagree on which answer is returned.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
 from shared_scorer.costs import CostTracker, Price, PriceSpec, resolve_price
-from shared_scorer.errors import CascadeError, ConfigurationError, StageFailure
+from shared_scorer.errors import CascadeError, ConfigurationError, FrugalError, StageFailure
+from shared_scorer.hooks import (
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    AnswerCacheHook,
+    BudgetExceeded,
+    BudgetHook,
+    CacheHit,
+    CallContext,
+    Reservation,
+)
+from shared_scorer.outcome import Attempt, CascadeResult, StageOutput, ToolCall
 from shared_scorer.scoring.base import Scorer, ScoreRequest, as_scorer, check_score
 
+__all__ = ["Attempt", "Cascade", "CascadeResult", "StageOutput", "ToolCall", "check_thresholds"]
+
+log = logging.getLogger(__name__)
+
 ReturnPolicy = Literal["last", "best"]
-Validator = Callable[["StageOutput"], "str | None"]
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A tool call an answer asks for; ``arguments`` is the parsed JSON object."""
-
-    name: str
-    arguments: Mapping[str, Any]
-    id: str | None = None
-
-
-@dataclass
-class StageOutput:
-    """What one provider call returned, in the core's terms.
-
-    ``payload`` is the adapter's own object (a LangChain ``AIMessage``, a LlamaIndex ``ChatResponse``),
-    handed back untouched when this answer is accepted. Token counts are ``None`` when the provider did
-    not report them.
-    """
-
-    text: str
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    tool_calls: tuple[ToolCall, ...] = ()
-    payload: Any = None
-    problems: tuple[str, ...] = ()
-    """Why the adapter found the reply malformed (e.g. tool-call arguments that do not parse)."""
-
-
-@dataclass
-class Attempt:
-    """One stage's part in one cascade call (an entry of the trail)."""
-
-    stage: int
-    model: str
-    status: Literal["accepted", "rejected", "error", "invalid", "not_called"] = "not_called"
-    score: float | None = None
-    threshold: float | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    usage_reported: bool = False
-    cost_usd: Decimal = Decimal(0)
-    latency_ms: float = 0.0
-    error: str | None = None
-
-    @property
-    def called(self) -> bool:
-        """Whether the provider was called (and so may have cost money)."""
-        return self.status != "not_called"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage,
-            "model": self.model,
-            "status": self.status,
-            "score": self.score,
-            "threshold": self.threshold,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "usage_reported": self.usage_reported,
-            "cost_usd": self.cost_usd,
-            "latency_ms": round(self.latency_ms, 3),
-            "error": self.error,
-        }
-
-
-@dataclass
-class CascadeResult:
-    """The outcome of one cascade call: the answer, who gave it, and every stage's trail entry."""
-
-    output: StageOutput | None
-    answer_stage: int | None
-    attempts: list[Attempt]
-    fallback: bool = False
-    """True when no stage was accepted outright and an earlier answer was returned instead."""
-    all_last_estimate_usd: Decimal = Decimal(0)
-    latency_ms: float = 0.0
-    failures: list[StageFailure] = field(default_factory=list)
-
-    @property
-    def cost_usd(self) -> Decimal:
-        """Total USD of every stage called, rejected ones included."""
-        return sum((a.cost_usd for a in self.attempts), Decimal(0))
-
-    @property
-    def escalations(self) -> int:
-        """How many times the query moved on to a later stage."""
-        return max(0, sum(1 for a in self.attempts if a.called) - 1)
-
-    @property
-    def model(self) -> str | None:
-        return None if self.answer_stage is None else self.attempts[self.answer_stage].model
-
-    @property
-    def input_tokens(self) -> int:
-        return sum(a.input_tokens for a in self.attempts)
-
-    @property
-    def output_tokens(self) -> int:
-        return sum(a.output_tokens for a in self.attempts)
-
-    def trail(self) -> dict[str, Any]:
-        """The JSON-friendly record adapters attach to responses (``Decimal`` costs)."""
-        return {
-            "model": self.model,
-            "stage": self.answer_stage,
-            "fallback": self.fallback,
-            "cost_usd": self.cost_usd,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "latency_ms": round(self.latency_ms, 3),
-            "escalations": self.escalations,
-            "stages": [a.as_dict() for a in self.attempts],
-        }
+BudgetPolicy = Literal["stop", "raise"]
+Validator = Callable[[StageOutput], "str | None"]
+StageCall = Callable[[], StageOutput]
+AsyncStageCall = Callable[[], Awaitable[StageOutput]]
+LiveStream = Callable[[], Generator[Any, None, StageOutput]]
+AsyncLiveStream = Callable[[Callable[[StageOutput], None]], AsyncIterator[Any]]
 
 
 @dataclass
@@ -149,16 +56,48 @@ class _Called:
     latency_ms: float
 
 
-StageCall = Callable[[], StageOutput]
-AsyncStageCall = Callable[[], Awaitable[StageOutput]]
-LiveStream = Callable[[], Generator[Any, None, StageOutput]]
-AsyncLiveStream = Callable[[Callable[[StageOutput], None]], AsyncIterator[Any]]
+@dataclass
+class _Lookup:
+    query: str
+    context: CallContext
+
+
+@dataclass
+class _Store:
+    query: str
+    answer: str
+    context: CallContext
+    model: str
+    score: float | None
+    cost_usd: Decimal
+
+
+@dataclass
+class _Reserve:
+    context: CallContext
+    model: str
+    amount: Decimal
+
+
+@dataclass
+class _Settle:
+    reservation: Reservation
+    actual: Decimal
+
+
+class _Failed(Exception):
+    def __init__(self, result: CascadeResult, error: FrugalError | None = None) -> None:
+        self.result = result
+        self.error = error
 
 
 class Cascade:
     """An ordered list of models (cheapest first), a scorer and one threshold per stage but the last.
 
     The cascade itself calls nothing: adapters pass one call per stage to :meth:`run` / :meth:`arun`.
+    ``answer_cache`` is consulted before the first stage; ``budget`` reserves each stage's worst-case
+    cost before it is called. When a stage cannot be afforded, ``on_budget="stop"`` returns the best
+    answer already in hand (else raises), ``"raise"`` raises :class:`~shared_scorer.hooks.BudgetExceeded`.
 
     >>> cascade = Cascade(["small", "big"], thresholds=[0.5], scorer=lambda q, a: 0.9,
     ...                   prices={"small": (1, 2), "big": (10, 20)})
@@ -176,6 +115,9 @@ class Cascade:
         prices: Mapping[str, PriceSpec] | None = None,
         return_policy: ReturnPolicy = "last",
         tracker: CostTracker | None = None,
+        answer_cache: AnswerCacheHook | None = None,
+        budget: BudgetHook | None = None,
+        on_budget: BudgetPolicy = "stop",
     ) -> None:
         self.models = list(models)
         if not self.models:
@@ -183,17 +125,29 @@ class Cascade:
         self.thresholds = check_thresholds(thresholds, len(self.models))
         if return_policy not in ("last", "best"):
             raise ConfigurationError(f"return_policy must be 'last' or 'best', got {return_policy!r}")
+        if on_budget not in ("stop", "raise"):
+            raise ConfigurationError(f"on_budget must be 'stop' or 'raise', got {on_budget!r}")
         self.return_policy: ReturnPolicy = return_policy
+        self.on_budget: BudgetPolicy = on_budget
         self.scorer = as_scorer(scorer)
         self.prices: list[Price] = [resolve_price(m, prices) for m in self.models]
         self.tracker = tracker if tracker is not None else CostTracker()
+        self.answer_cache = answer_cache
+        self.budget = budget
 
     # ------------------------------------------------------------------ the decisions
 
-    def _decide(self, query: str, validate: Validator | None) -> Generator[object, Any, CascadeResult]:
-        """Yield ``_Call`` (answered with ``_Called``) and ``ScoreRequest`` (answered with a float)."""
+    def _decide(
+        self, query: str, validate: Validator | None, context: CallContext
+    ) -> Generator[object, Any, CascadeResult]:
+        """Yield steps (``_Lookup``, ``_Reserve``, ``_Call``, ``ScoreRequest``, ``_Settle``, ``_Store``)."""
         n = len(self.models)
         attempts = [Attempt(stage=i, model=m) for i, m in enumerate(self.models)]
+        if self.answer_cache is not None and context.cacheable:
+            hit: CacheHit | None = yield _Lookup(query, context)
+            if hit is not None:
+                output = StageOutput(hit.answer, 0, 0)
+                return CascadeResult(output=output, answer_stage=None, attempts=attempts, cache_hit=hit)
         failures: list[StageFailure] = []
         outputs: dict[int, StageOutput] = {}
         answers: list[str] = []
@@ -202,15 +156,34 @@ class Cascade:
             attempt = attempts[i]
             last = i == n - 1
             attempt.threshold = None if last else self.thresholds[i]
+            reservation: Reservation | None = None
+            if self.budget is not None:
+                worst = self.prices[i].cost(
+                    context.input_tokens_bound, context.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS
+                )
+                granted = yield _Reserve(context, attempt.model, worst)
+                if isinstance(granted, BudgetExceeded):
+                    attempt.status = "over_budget"
+                    attempt.error = str(granted)
+                    if self.on_budget == "stop" and best is not None:
+                        attempts[best].status = "accepted"
+                        result = self._result(attempts, best, outputs, failures, fallback=True)
+                        result.budget_stopped = granted.limit
+                        return result
+                    raise _Failed(self._result(attempts, None, outputs, failures, fallback=False), granted)
+                reservation = granted
             called: _Called = yield _Call(i)
             attempt.latency_ms = called.latency_ms
+            if called.output is not None:
+                self._price(attempt, called.output)
+            if reservation is not None:
+                yield _Settle(reservation, attempt.cost_usd)
             if called.error is not None or called.output is None:
                 attempt.status = "error"
                 attempt.error = f"{type(called.error).__name__}: {called.error}"
                 failures.append(StageFailure(i, attempt.model, "error", attempt.error))
                 continue
             output = called.output
-            self._price(attempt, output)
             reason = _check_output(output) or (validate(output) if validate else None)
             if reason is not None:
                 attempt.status = "invalid"
@@ -219,27 +192,39 @@ class Cascade:
                 continue
             outputs[i] = output
             if not last or self.return_policy == "best":
-                request = ScoreRequest(
-                    query, output.text or _tool_text(output), attempt.model, i, tuple(answers)
-                )
+                request = ScoreRequest(query, output.text or _tool_text(output), attempt.model, i, tuple(answers))
                 attempt.score = check_score((yield request), request)
                 if best is None or attempt.score > (attempts[best].score or 0.0):
                     best = i
             answers.append(output.text)
-            if last and self.return_policy == "last":
+            accepted = (last and self.return_policy == "last") or (
+                not last and attempt.score is not None and attempt.score >= self.thresholds[i]
+            )
+            if accepted:
                 attempt.status = "accepted"
-                return self._result(attempts, i, outputs, failures, fallback=False)
-            if not last and attempt.score is not None and attempt.score >= self.thresholds[i]:
-                attempt.status = "accepted"
-                return self._result(attempts, i, outputs, failures, fallback=False)
+                result = self._result(attempts, i, outputs, failures, fallback=False)
+                yield from self._store(query, context, result)
+                return result
             attempt.status = "rejected"
         if best is None:
-            result = self._result(attempts, None, outputs, failures, fallback=False)
-            raise _Failed(result)
+            raise _Failed(self._result(attempts, None, outputs, failures, fallback=False))
         # Under "best" this is the normal end; under "last" only a failed last stage gets here.
         attempts[best].status = "accepted"
         fallback = attempts[n - 1].status in ("error", "invalid")
-        return self._result(attempts, best, outputs, failures, fallback=fallback)
+        result = self._result(attempts, best, outputs, failures, fallback=fallback)
+        if not fallback:
+            yield from self._store(query, context, result)
+        return result
+
+    def _store(self, query: str, context: CallContext, result: CascadeResult) -> Generator[object, Any, None]:
+        """Only answers the cascade accepted outright, with text and no tool calls, are cached."""
+        output = result.output
+        if self.answer_cache is None or not context.cacheable or output is None or output.tool_calls:
+            return
+        if result.answer_stage is None or not output.text.strip():
+            return
+        attempt = result.attempts[result.answer_stage]
+        yield _Store(query, output.text, context, attempt.model, attempt.score, result.cost_usd)
 
     def _price(self, attempt: Attempt, output: StageOutput) -> None:
         attempt.usage_reported = output.input_tokens is not None and output.output_tokens is not None
@@ -269,35 +254,23 @@ class Cascade:
                 result.all_last_estimate_usd = attempts[last].cost_usd
             else:
                 first = next(a for a in attempts if a.called)
-                result.all_last_estimate_usd = self.prices[last].cost(
-                    first.input_tokens, attempts[stage].output_tokens
-                )
+                result.all_last_estimate_usd = self.prices[last].cost(first.input_tokens, attempts[stage].output_tokens)
         return result
 
     # ------------------------------------------------------------------ drivers
 
-    def run(self, query: str, calls: Sequence[StageCall], validate: Validator | None = None) -> CascadeResult:
-        """Run the cascade synchronously; ``calls[i]()`` calls stage ``i``'s provider."""
-        self._check_calls(calls)
-        steps = self._decide(query, validate)
-        return self._drive(steps, lambda step: self._sync_step(step, calls))
-
-    async def arun(
-        self, query: str, calls: Sequence[AsyncStageCall], validate: Validator | None = None
+    def run(
+        self,
+        query: str,
+        calls: Sequence[StageCall],
+        validate: Validator | None = None,
+        context: CallContext | None = None,
     ) -> CascadeResult:
-        """Run the cascade on the event loop; ``await calls[i]()`` calls stage ``i``."""
-        self._check_calls(calls)
-        started = time.perf_counter()
-        steps = self._decide(query, validate)
-        value: Any = None
-        try:
-            while True:
-                step = steps.send(value)
-                value = await self._async_step(step, calls)
-        except StopIteration as stop:
-            return self._finish(stop.value, started)
-        except _Failed as failed:
-            raise self._fail(failed.result, started) from None
+        """Run the cascade synchronously; ``calls[i]()`` calls stage ``i``'s provider."""
+        for item in self._sync(query, calls, None, validate, context):
+            if isinstance(item, CascadeResult):
+                return item
+        raise AssertionError("the cascade ended without a result")  # pragma: no cover
 
     def stream(
         self,
@@ -305,6 +278,7 @@ class Cascade:
         calls: Sequence[StageCall],
         live_last: LiveStream | None,
         validate: Validator | None = None,
+        context: CallContext | None = None,
     ) -> Iterator[Any]:
         """Like :meth:`run`, but the last stage (under ``return_policy="last"``) streams live.
 
@@ -313,9 +287,19 @@ class Cascade:
         they come. The final item is the :class:`CascadeResult`. A live stream that fails before its
         first chunk escalates like any error; one that fails mid-stream raises (its chunks are out).
         """
+        return self._sync(query, calls, live_last, validate, context)
+
+    def _sync(
+        self,
+        query: str,
+        calls: Sequence[StageCall],
+        live_last: LiveStream | None,
+        validate: Validator | None,
+        context: CallContext | None,
+    ) -> Iterator[Any]:
         self._check_calls(calls)
         started = time.perf_counter()
-        steps = self._decide(query, validate)
+        steps = self._decide(query, validate, context or CallContext())
         value: Any = None
         try:
             while True:
@@ -327,7 +311,20 @@ class Cascade:
         except StopIteration as stop:
             yield self._finish(stop.value, started)
         except _Failed as failed:
-            raise self._fail(failed.result, started) from None
+            raise self._fail(failed, started) from None
+
+    async def arun(
+        self,
+        query: str,
+        calls: Sequence[AsyncStageCall],
+        validate: Validator | None = None,
+        context: CallContext | None = None,
+    ) -> CascadeResult:
+        """Run the cascade on the event loop; ``await calls[i]()`` calls stage ``i``."""
+        async for item in self.astream(query, calls, None, validate, context):
+            if isinstance(item, CascadeResult):
+                return item
+        raise AssertionError("the cascade ended without a result")  # pragma: no cover
 
     async def astream(
         self,
@@ -335,11 +332,12 @@ class Cascade:
         calls: Sequence[AsyncStageCall],
         live_last: AsyncLiveStream | None,
         validate: Validator | None = None,
+        context: CallContext | None = None,
     ) -> AsyncIterator[Any]:
         """The async twin of :meth:`stream`; ``live_last(done)`` yields chunks and calls ``done(output)``."""
         self._check_calls(calls)
         started = time.perf_counter()
-        steps = self._decide(query, validate)
+        steps = self._decide(query, validate, context or CallContext())
         value: Any = None
         try:
             while True:
@@ -354,57 +352,78 @@ class Cascade:
         except StopIteration as stop:
             yield self._finish(stop.value, started)
         except _Failed as failed:
-            raise self._fail(failed.result, started) from None
+            raise self._fail(failed, started) from None
 
     def _streams_live(self, stage: int) -> bool:
         return stage == len(self.models) - 1 and self.return_policy == "last"
 
-    def _drive(
-        self, steps: Generator[object, Any, CascadeResult], do: Callable[[object], Any]
-    ) -> CascadeResult:
-        started = time.perf_counter()
-        value: Any = None
-        try:
-            while True:
-                value = do(steps.send(value))
-        except StopIteration as stop:
-            return self._finish(stop.value, started)
-        except _Failed as failed:
-            raise self._fail(failed.result, started) from None
-
     def _sync_step(self, step: object, calls: Sequence[StageCall]) -> Any:
         if isinstance(step, ScoreRequest):
             return self.scorer.score(step)
-        assert isinstance(step, _Call)
-        started = time.perf_counter()
-        try:
-            output = calls[step.stage]()
-        except Exception as exc:
-            return _Called(None, exc, _ms(started))
-        return _Called(output, None, _ms(started))
+        if isinstance(step, _Call):
+            started = time.perf_counter()
+            try:
+                output = calls[step.stage]()
+            except Exception as exc:
+                return _Called(None, exc, _ms(started))
+            return _Called(output, None, _ms(started))
+        return self._hook_step(step, asynchronous=False)
 
     async def _async_step(self, step: object, calls: Sequence[AsyncStageCall]) -> Any:
         if isinstance(step, ScoreRequest):
             ascore = getattr(self.scorer, "ascore", None)
             return await ascore(step) if ascore is not None else self.scorer.score(step)
-        assert isinstance(step, _Call)
-        started = time.perf_counter()
-        try:
-            output = await calls[step.stage]()
-        except Exception as exc:
-            return _Called(None, exc, _ms(started))
-        return _Called(output, None, _ms(started))
+        if isinstance(step, _Call):
+            started = time.perf_counter()
+            try:
+                output = await calls[step.stage]()
+            except Exception as exc:
+                return _Called(None, exc, _ms(started))
+            return _Called(output, None, _ms(started))
+        pending = self._hook_step(step, asynchronous=True)
+        return await pending if isinstance(pending, Awaitable) else pending
+
+    def _hook_step(self, step: object, *, asynchronous: bool) -> Any:
+        """Cache and budget steps; on the event loop, a hook's ``a``-prefixed method is used if it has one."""
+
+        def method(hook: object, name: str) -> Callable[..., Any]:
+            async_method = getattr(hook, "a" + name, None) if asynchronous else None
+            return async_method or getattr(hook, name)  # type: ignore[no-any-return]
+
+        if isinstance(step, _Reserve):
+            assert self.budget is not None
+            try:
+                reserve = method(self.budget, "reserve")(step.context, step.model, step.amount)
+            except BudgetExceeded as exc:
+                return exc
+            if asynchronous and isinstance(reserve, Awaitable):
+                return _catch_budget(reserve)
+            return reserve
+        if isinstance(step, _Settle):
+            assert self.budget is not None
+            return method(self.budget, "settle")(step.reservation, step.actual)
+        if isinstance(step, _Lookup):
+            assert self.answer_cache is not None
+            return _tolerant(method(self.answer_cache, "lookup"), "lookup", step.query, step.context)
+        if isinstance(step, _Store):
+            assert self.answer_cache is not None
+            store = method(self.answer_cache, "store")
+            return _tolerant(
+                store, "store", step.query, step.answer, step.context,
+                model=step.model, score=step.score, cost_usd=step.cost_usd,
+            )  # fmt: skip
+        raise AssertionError(f"unknown cascade step {step!r}")  # pragma: no cover
 
     def _finish(self, result: CascadeResult, started: float) -> CascadeResult:
         result.latency_ms = _ms(started)
         self.tracker.record(result)
         return result
 
-    def _fail(self, result: CascadeResult, started: float) -> CascadeError:
-        result.latency_ms = _ms(started)
-        self.tracker.record_failure(result)
-        error = CascadeError(result.failures)
-        error.result = result  # type: ignore[attr-defined]
+    def _fail(self, failed: _Failed, started: float) -> FrugalError:
+        failed.result.latency_ms = _ms(started)
+        self.tracker.record_failure(failed.result)
+        error: FrugalError = failed.error or CascadeError(failed.result.failures)
+        error.result = failed.result  # type: ignore[attr-defined]
         return error
 
     def _check_calls(self, calls: Sequence[object]) -> None:
@@ -412,9 +431,31 @@ class Cascade:
             raise ConfigurationError(f"expected {len(self.models)} stage calls, got {len(calls)}")
 
 
-class _Failed(Exception):
-    def __init__(self, result: CascadeResult) -> None:
-        self.result = result
+async def _catch_budget(pending: Awaitable[Reservation]) -> Reservation | BudgetExceeded:
+    try:
+        return await pending
+    except BudgetExceeded as exc:
+        return exc
+
+
+def _tolerant(fn: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> Any:
+    """A failing answer cache must not fail the answer: a failed lookup is a miss, a failed store is skipped."""
+    try:
+        value = fn(*args, **kwargs)
+    except Exception:
+        log.warning("answer cache %s failed; going on without it", what, exc_info=True)
+        return None
+    if isinstance(value, Awaitable):
+        return _atolerant(value, what)
+    return value
+
+
+async def _atolerant(pending: Awaitable[Any], what: str) -> Any:
+    try:
+        return await pending
+    except Exception:
+        log.warning("answer cache %s failed; going on without it", what, exc_info=True)
+        return None
 
 
 def _live(live_last: LiveStream) -> Generator[Any, None, _Called]:
@@ -466,9 +507,7 @@ def _check_output(output: StageOutput) -> str | None:
 def _tool_text(output: StageOutput) -> str:
     import json
 
-    return "\n".join(
-        f"{call.name}({json.dumps(dict(call.arguments), sort_keys=True)})" for call in output.tool_calls
-    )
+    return "\n".join(f"{call.name}({json.dumps(dict(call.arguments), sort_keys=True)})" for call in output.tool_calls)
 
 
 def _ms(started: float) -> float:

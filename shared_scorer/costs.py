@@ -40,9 +40,7 @@ class TokenPrice:
     input_per_mtok: Decimal
     output_per_mtok: Decimal
 
-    def __init__(
-        self, input_per_mtok: Decimal | str | int | float, output_per_mtok: Decimal | str | int | float
-    ):
+    def __init__(self, input_per_mtok: Decimal | str | int | float, output_per_mtok: Decimal | str | int | float):
         object.__setattr__(self, "input_per_mtok", _decimal(input_per_mtok, "input_per_mtok"))
         object.__setattr__(self, "output_per_mtok", _decimal(output_per_mtok, "output_per_mtok"))
 
@@ -55,9 +53,7 @@ def _decimal(value: Decimal | str | int | float, name: str) -> Decimal:
     try:
         result = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
     except Exception:
-        raise ConfigurationError(
-            f"{name} must be a number of USD per million tokens, got {value!r}"
-        ) from None
+        raise ConfigurationError(f"{name} must be a number of USD per million tokens, got {value!r}") from None
     if not result.is_finite() or result < 0:
         raise ConfigurationError(f"{name} must be a finite, non-negative number, got {value!r}")
     return result
@@ -159,16 +155,22 @@ class CostTracker:
             self._by_stage: dict[int, _Totals] = {}
             self._answered_by_stage: dict[int, int] = {}
             self._missing_usage = 0
+            self._cache_hits = 0
+            self._cache_saved = Decimal(0)
+            self._budget_stops = 0
 
     def record(self, result: CascadeResult) -> None:
         """Add one finished cascade call (the core calls this; users rarely need to)."""
         with self._lock:
             self._record_attempts(result)
             self._calls += 1
+            if result.cache_hit is not None:
+                self._cache_hits += 1
+                self._cache_saved += result.cache_hit.saved_usd
+            if result.budget_stopped is not None:
+                self._budget_stops += 1
             if result.answer_stage is not None:
-                self._answered_by_stage[result.answer_stage] = (
-                    self._answered_by_stage.get(result.answer_stage, 0) + 1
-                )
+                self._answered_by_stage[result.answer_stage] = self._answered_by_stage.get(result.answer_stage, 0) + 1
             self._escalations += result.escalations
             self._all_last_estimate += result.all_last_estimate_usd
 
@@ -217,6 +219,9 @@ class CostTracker:
                 "by_stage": {s: t.as_dict() for s, t in sorted(self._by_stage.items())},
                 "answered_by_stage": dict(sorted(self._answered_by_stage.items())),
                 "stage_calls_without_usage": self._missing_usage,
+                "cache_hits": self._cache_hits,
+                "cache_saved_usd": self._cache_saved,
+                "budget_stops": self._budget_stops,
                 "estimated_cost_if_last_stage_only_usd": self._all_last_estimate,
                 "estimated_savings_usd": self._all_last_estimate - self._total
                 if self._calls > self._failed_calls

@@ -1,0 +1,143 @@
+"""What the cascade loop consults besides the stages: the call's context, an answer cache and a budget.
+
+The loop (``shared_scorer.cascade``) asks the cache before the first stage and stores accepted answers;
+it reserves each stage's worst-case cost with the budget before calling it and settles the reservation
+to the real cost after. Implementations live in ``shared_scorer.cache`` and ``shared_scorer.budget``;
+anything with these methods works (``alookup``/``astore``/``areserve``/``asettle`` are used on the event
+loop when present).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol, runtime_checkable
+
+from shared_scorer.errors import FrugalError
+
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
+"""Output tokens reserved for a stage call whose ``max_tokens`` is not known."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who a call is for. Cache entries and budgets never cross scopes."""
+
+    tenant: str = "default"
+    user: str = "default"
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What the core knows about one call beyond the query text.
+
+    ``fingerprint`` digests everything besides the question that makes an answer valid (system prompt,
+    earlier turns, tool set, output schema, strategy): a cached answer is served only to a call with the
+    same scope and fingerprint. ``input_tokens_bound`` is an upper bound of any stage's input tokens (the
+    prompt's UTF-8 byte count: a BPE token is never shorter than a byte). ``cacheable`` is false for
+    calls whose answer must not be reused (tool calling, for example).
+    """
+
+    scope: Scope = field(default_factory=Scope)
+    fingerprint: str = ""
+    input_tokens_bound: int = 0
+    max_output_tokens: int | None = None
+    cacheable: bool = True
+
+
+def fingerprint_of(parts: Iterable[Any]) -> str:
+    """A stable SHA-256 of JSON-serialisable parts (sorted keys; non-JSON values by ``str``)."""
+    text = json.dumps(list(parts), sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def input_tokens_bound(texts: Iterable[str], messages: int) -> int:
+    """An upper bound of the input tokens of a prompt: its UTF-8 bytes (a BPE token is at least one
+    byte), plus 16 per message and 64 overall for role and formatting tokens."""
+    return sum(len(t.encode("utf-8")) for t in texts) + 16 * messages + 64
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    """A cached answer served instead of calling any stage."""
+
+    entry_id: str
+    answer: str
+    similarity: float
+    model: str
+    """The stage model that originally wrote the answer."""
+    saved_usd: Decimal
+    """What the original answer cost: the money this hit saved."""
+
+
+@runtime_checkable
+class AnswerCacheHook(Protocol):
+    """The two calls the cascade makes to an answer cache."""
+
+    def lookup(self, query: str, context: CallContext) -> CacheHit | None: ...
+
+    def store(
+        self, query: str, answer: str, context: CallContext, *, model: str, score: float | None, cost_usd: Decimal
+    ) -> None: ...
+
+
+class BudgetExceeded(FrugalError):
+    """A stage could not be afforded; ``limit`` names the limit that would be crossed."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        self.limit = limit
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Money held for one stage call until it is settled to the real cost."""
+
+    id: str
+    amount: Decimal
+    scope: Scope
+    model: str
+
+
+@runtime_checkable
+class BudgetHook(Protocol):
+    """The two calls the cascade makes to a budget: reserve before a stage, settle after."""
+
+    def reserve(self, context: CallContext, model: str, amount: Decimal) -> Reservation:
+        """Hold ``amount`` or raise :class:`BudgetExceeded` naming the limit."""
+        ...
+
+    def settle(self, reservation: Reservation, actual: Decimal) -> None:
+        """Replace the held amount by the real cost (0 for a call that failed)."""
+        ...
+
+
+def build_context(
+    turns: Sequence[tuple[str, str]],
+    *,
+    scope: Scope,
+    tools: Any = None,
+    output_schema: Any = None,
+    strategy: str = "",
+    max_output_tokens: int | None = None,
+    cacheable: bool = True,
+) -> CallContext:
+    """The :class:`CallContext` of a conversation given as ``(role, text)`` turns.
+
+    Roles are normalised (``user``, ``assistant``, ``system``, ``tool``) so that both adapters give the
+    same fingerprint for the same conversation. The last user turn is the query itself and is left out
+    of the fingerprint (the cache matches it separately); every other turn, in order, is in it.
+    """
+    last_user = max((i for i, (role, _) in enumerate(turns) if role == "user"), default=len(turns) - 1)
+    others = [(role, "<query>" if i == last_user else text) for i, (role, text) in enumerate(turns)]
+    tools_json = json.dumps(tools, sort_keys=True, default=str) if tools else ""
+    return CallContext(
+        scope=scope,
+        fingerprint=fingerprint_of([others, tools_json, output_schema, strategy]),
+        input_tokens_bound=input_tokens_bound([*(t for _, t in turns), tools_json], len(turns)),
+        max_output_tokens=max_output_tokens,
+        cacheable=cacheable,
+    )

@@ -1,0 +1,141 @@
+"""What one cascade call produced: each stage's output and trail entry, and the whole result."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from shared_scorer.errors import StageFailure
+from shared_scorer.hooks import CacheHit
+
+Status = Literal["accepted", "rejected", "error", "invalid", "over_budget", "not_called"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool call an answer asks for; ``arguments`` is the parsed JSON object."""
+
+    name: str
+    arguments: Mapping[str, Any]
+    id: str | None = None
+
+
+@dataclass
+class StageOutput:
+    """What one provider call returned, in the core's terms.
+
+    ``payload`` is the adapter's own object (a LangChain ``AIMessage``, a LlamaIndex ``ChatResponse``),
+    handed back untouched when this answer is accepted. Token counts are ``None`` when the provider did
+    not report them.
+    """
+
+    text: str
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    payload: Any = None
+    problems: tuple[str, ...] = ()
+    """Why the adapter found the reply malformed (e.g. tool-call arguments that do not parse)."""
+
+
+@dataclass
+class Attempt:
+    """One stage's part in one cascade call (an entry of the trail)."""
+
+    stage: int
+    model: str
+    status: Status = "not_called"
+    score: float | None = None
+    threshold: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usage_reported: bool = False
+    cost_usd: Decimal = Decimal(0)
+    latency_ms: float = 0.0
+    error: str | None = None
+
+    @property
+    def called(self) -> bool:
+        """Whether the provider was called (and so may have cost money)."""
+        return self.status not in ("not_called", "over_budget")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "model": self.model,
+            "status": self.status,
+            "score": self.score,
+            "threshold": self.threshold,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "usage_reported": self.usage_reported,
+            "cost_usd": self.cost_usd,
+            "latency_ms": round(self.latency_ms, 3),
+            "error": self.error,
+        }
+
+
+@dataclass
+class CascadeResult:
+    """The outcome of one cascade call: the answer, who gave it, and every stage's trail entry."""
+
+    output: StageOutput | None
+    answer_stage: int | None
+    attempts: list[Attempt]
+    fallback: bool = False
+    """True when no stage was accepted outright and an earlier answer was returned instead."""
+    all_last_estimate_usd: Decimal = Decimal(0)
+    latency_ms: float = 0.0
+    failures: list[StageFailure] = field(default_factory=list)
+    cache_hit: CacheHit | None = None
+    """Set when the answer came from the answer cache (no stage was called)."""
+    budget_stopped: str | None = None
+    """The budget limit that stopped the cascade early, if one did."""
+
+    @property
+    def cost_usd(self) -> Decimal:
+        """Total USD of every stage called, rejected ones included."""
+        return sum((a.cost_usd for a in self.attempts), Decimal(0))
+
+    @property
+    def escalations(self) -> int:
+        """How many times the query moved on to a later stage."""
+        return max(0, sum(1 for a in self.attempts if a.called) - 1)
+
+    @property
+    def model(self) -> str | None:
+        if self.cache_hit is not None:
+            return self.cache_hit.model
+        return None if self.answer_stage is None else self.attempts[self.answer_stage].model
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(a.input_tokens for a in self.attempts)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(a.output_tokens for a in self.attempts)
+
+    def trail(self) -> dict[str, Any]:
+        """The JSON-friendly record adapters attach to responses (``Decimal`` costs)."""
+        return {
+            "model": self.model,
+            "stage": self.answer_stage,
+            "fallback": self.fallback,
+            "cost_usd": self.cost_usd,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "latency_ms": round(self.latency_ms, 3),
+            "escalations": self.escalations,
+            "cache_hit": None
+            if self.cache_hit is None
+            else {
+                "entry_id": self.cache_hit.entry_id,
+                "similarity": self.cache_hit.similarity,
+                "saved_usd": self.cache_hit.saved_usd,
+            },
+            "budget_stopped": self.budget_stopped,
+            "stages": [a.as_dict() for a in self.attempts],
+        }
