@@ -299,7 +299,8 @@ class Cascade:
     ) -> Iterator[Any]:
         self._check_calls(calls)
         started = time.perf_counter()
-        steps = self._decide(query, validate, context or CallContext())
+        context = context or CallContext()
+        steps = self._decide(query, validate, context)
         value: Any = None
         try:
             while True:
@@ -309,9 +310,9 @@ class Cascade:
                 else:
                     value = self._sync_step(step, calls)
         except StopIteration as stop:
-            yield self._finish(stop.value, started)
+            yield self._finish(stop.value, started, context)
         except _Failed as failed:
-            raise self._fail(failed, started) from None
+            raise self._fail(failed, started, context) from None
 
     async def arun(
         self,
@@ -337,7 +338,8 @@ class Cascade:
         """The async twin of :meth:`stream`; ``live_last(done)`` yields chunks and calls ``done(output)``."""
         self._check_calls(calls)
         started = time.perf_counter()
-        steps = self._decide(query, validate, context or CallContext())
+        context = context or CallContext()
+        steps = self._decide(query, validate, context)
         value: Any = None
         try:
             while True:
@@ -350,9 +352,9 @@ class Cascade:
                 else:
                     value = await self._async_step(step, calls)
         except StopIteration as stop:
-            yield self._finish(stop.value, started)
+            yield self._finish(stop.value, started, context)
         except _Failed as failed:
-            raise self._fail(failed, started) from None
+            raise self._fail(failed, started, context) from None
 
     def _streams_live(self, stage: int) -> bool:
         return stage == len(self.models) - 1 and self.return_policy == "last"
@@ -414,13 +416,15 @@ class Cascade:
             )  # fmt: skip
         raise AssertionError(f"unknown cascade step {step!r}")  # pragma: no cover
 
-    def _finish(self, result: CascadeResult, started: float) -> CascadeResult:
+    def _finish(self, result: CascadeResult, started: float, context: CallContext) -> CascadeResult:
         result.latency_ms = _ms(started)
+        result.context = context
         self.tracker.record(result)
         return result
 
-    def _fail(self, failed: _Failed, started: float) -> FrugalError:
+    def _fail(self, failed: _Failed, started: float, context: CallContext) -> FrugalError:
         failed.result.latency_ms = _ms(started)
+        failed.result.context = context
         self.tracker.record_failure(failed.result)
         error: FrugalError = failed.error or CascadeError(failed.result.failures)
         error.result = failed.result  # type: ignore[attr-defined]

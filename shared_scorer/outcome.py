@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from shared_scorer.errors import StageFailure
-from shared_scorer.hooks import CacheHit
+from shared_scorer.hooks import CacheHit, CallContext
 
 Status = Literal["accepted", "rejected", "error", "invalid", "over_budget", "not_called"]
 
@@ -93,6 +93,8 @@ class CascadeResult:
     """Set when the answer came from the answer cache (no stage was called)."""
     budget_stopped: str | None = None
     """The budget limit that stopped the cascade early, if one did."""
+    context: CallContext = field(default_factory=CallContext)
+    """The call's context (its scope names the tenant and user the spend belongs to)."""
 
     @property
     def cost_usd(self) -> Decimal:
