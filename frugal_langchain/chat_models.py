@@ -19,7 +19,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from frugal_langchain import _convert
-from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator
+from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator, cascade_for, max_output_tokens_of
 from shared_scorer.costs import CostTracker
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.hooks import CallContext, Scope, build_context
@@ -106,23 +106,11 @@ class FrugalChatModel(BaseChatModel):
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
-        if not self.stages:
-            raise ConfigurationError("FrugalChatModel needs at least one stage")
-        for i, stage in enumerate(self.stages):
-            if not isinstance(stage, BaseChatModel):
-                raise ConfigurationError(
-                    f"stage {i} must be a LangChain chat model (BaseChatModel), got {type(stage).__name__}"
-                )
-        self._cascade = Cascade(
-            [stage_name(s) for s in self.stages],
-            self.thresholds,
-            self.scorer,
-            prices=self.prices,
-            return_policy=self.return_policy,
-            tracker=self.cost_tracker,
-            answer_cache=self.answer_cache,
-            budget=self.budget,
-            on_budget=self.on_budget,
+        self._cascade = cascade_for(
+            self,
+            is_stage=lambda stage: isinstance(stage, BaseChatModel),
+            what="a LangChain chat model (BaseChatModel)",
+            name_of=stage_name,
         )
 
     @property
@@ -214,7 +202,7 @@ class FrugalChatModel(BaseChatModel):
             ),
             tools=[tools, kwargs.get("tool_choice")] if tools else None,
             strategy=self.strategy_id,
-            max_output_tokens=call_kwargs.get("max_tokens") or _stage_max_tokens(self.stages),
+            max_output_tokens=call_kwargs.get("max_tokens") or max_output_tokens_of(self.stages),
             cacheable=metadata.get("frugal_cache", True) is not False,
         )
         return call_kwargs, validate, context
@@ -302,13 +290,6 @@ class FrugalChatModel(BaseChatModel):
         if run_manager is not None:
             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         return chunk
-
-
-def _stage_max_tokens(stages: list[Any]) -> int | None:
-    """The largest ``max_tokens`` any stage may write, when every stage sets one."""
-    limits = [getattr(s, "max_tokens", None) for s in stages]
-    ints = [x for x in limits if isinstance(x, int)]
-    return max(ints) if len(ints) == len(limits) else None
 
 
 def stage_name(model: BaseChatModel) -> str:

@@ -23,7 +23,7 @@ from llama_index.core.tools import BaseTool
 from pydantic import Field, PrivateAttr
 
 from frugal_llamaindex import _convert
-from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator
+from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator, cascade_for, max_output_tokens_of
 from shared_scorer.costs import CostTracker
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.hooks import CallContext, Scope, build_context
@@ -83,21 +83,8 @@ class FrugalLLM(FunctionCallingLLM):
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
-        if not self.stages:
-            raise ConfigurationError("FrugalLLM needs at least one stage")
-        for i, stage in enumerate(self.stages):
-            if not isinstance(stage, LLM):
-                raise ConfigurationError(f"stage {i} must be a LlamaIndex LLM, got {type(stage).__name__}")
-        self._cascade = Cascade(
-            [stage_name(s) for s in self.stages],
-            self.thresholds,
-            self.scorer,
-            prices=self.prices,
-            return_policy=self.return_policy,
-            tracker=self.cost_tracker,
-            answer_cache=self.answer_cache,
-            budget=self.budget,
-            on_budget=self.on_budget,
+        self._cascade = cascade_for(
+            self, is_stage=lambda stage: isinstance(stage, LLM), what="a LlamaIndex LLM", name_of=stage_name
         )
 
     @classmethod
@@ -177,7 +164,7 @@ class FrugalLLM(FunctionCallingLLM):
             scope=Scope(tenant=str(tenant or self.tenant or "default"), user=str(user or self.user or "default")),
             tools=[specs, "any" if kwargs.get("tool_required") else None] if specs else None,
             strategy=self.strategy_id,
-            max_output_tokens=_stage_max_tokens(self.stages),
+            max_output_tokens=max_output_tokens_of(self.stages),
             cacheable=kwargs.pop("frugal_cache", True) is not False,
         )
 
@@ -271,13 +258,6 @@ class FrugalLLM(FunctionCallingLLM):
                 yield _completion(response)
 
         return gen()
-
-
-def _stage_max_tokens(stages: list[Any]) -> int | None:
-    """The largest ``max_tokens`` any stage may write, when every stage sets one."""
-    limits = [getattr(s, "max_tokens", None) for s in stages]
-    ints = [x for x in limits if isinstance(x, int)]
-    return max(ints) if len(ints) == len(limits) else None
 
 
 def stage_name(llm: Any) -> str:

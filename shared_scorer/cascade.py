@@ -31,7 +31,16 @@ from shared_scorer.hooks import (
 from shared_scorer.outcome import Attempt, CascadeResult, StageOutput, ToolCall
 from shared_scorer.scoring.base import Scorer, ScoreRequest, as_scorer, check_score
 
-__all__ = ["Attempt", "Cascade", "CascadeResult", "StageOutput", "ToolCall", "check_thresholds"]
+__all__ = [
+    "Attempt",
+    "Cascade",
+    "CascadeResult",
+    "StageOutput",
+    "ToolCall",
+    "cascade_for",
+    "check_thresholds",
+    "max_output_tokens_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -516,6 +525,40 @@ def _tool_text(output: StageOutput) -> str:
 
 def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
+
+
+def cascade_for(
+    settings: Any, *, is_stage: Callable[[object], bool], what: str, name_of: Callable[[Any], str]
+) -> Cascade:
+    """The cascade an adapter model delegates to, checked at construction.
+
+    ``settings`` is the adapter model: it has ``stages``, ``thresholds``, ``scorer``, ``prices``,
+    ``return_policy``, ``cost_tracker``, ``answer_cache``, ``budget`` and ``on_budget``.
+    """
+    stages = list(settings.stages)
+    if not stages:
+        raise ConfigurationError(f"{type(settings).__name__} needs at least one stage")
+    for i, stage in enumerate(stages):
+        if not is_stage(stage):
+            raise ConfigurationError(f"stage {i} must be {what}, got {type(stage).__name__}")
+    return Cascade(
+        [name_of(stage) for stage in stages],
+        settings.thresholds,
+        settings.scorer,
+        prices=settings.prices,
+        return_policy=settings.return_policy,
+        tracker=settings.cost_tracker,
+        answer_cache=settings.answer_cache,
+        budget=settings.budget,
+        on_budget=settings.on_budget,
+    )
+
+
+def max_output_tokens_of(stages: Sequence[object]) -> int | None:
+    """The largest ``max_tokens`` any stage may write, when every stage sets one."""
+    limits = [getattr(stage, "max_tokens", None) for stage in stages]
+    ints = [x for x in limits if isinstance(x, int)]
+    return max(ints) if len(ints) == len(limits) else None
 
 
 def check_thresholds(thresholds: Sequence[float], stages: int) -> list[float]:
