@@ -39,6 +39,10 @@ class ScorerError(FrugalError):
     """The scorer raised, or returned a value that is not a probability in [0, 1]."""
 
 
+class LedgerError(FrugalError):
+    """A ledger backend could not be reached or failed; the message names the backend and its address."""
+
+
 @dataclass(frozen=True)
 class StageFailure:
     """Why one stage produced no usable answer."""
