@@ -95,8 +95,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         from frugal_langchain.strategy import from_strategy
     except ImportError as exc:
         raise ConfigurationError(f"frugal serve needs 'frugal-cascade[serve,langchain]': {exc}") from None
-    from shared_scorer.budget import Budget, LedgerCostTracker, open_ledger
     from frugal_langchain.serve import load_keys, make_app
+    from shared_scorer.budget import Budget, LedgerCostTracker, open_ledger
     from shared_scorer.strategy import Strategy
 
     keys = load_keys(args.keys)
