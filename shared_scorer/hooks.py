@@ -46,6 +46,8 @@ class CallContext:
     input_tokens_bound: int = 0
     max_output_tokens: int | None = None
     cacheable: bool = True
+    strategy: str = ""
+    """The fitted strategy the call runs under (cache entries are tagged with it for invalidation)."""
 
 
 def fingerprint_of(parts: Iterable[Any]) -> str:
@@ -140,4 +142,5 @@ def build_context(
         input_tokens_bound=input_tokens_bound([*(t for _, t in turns), tools_json], len(turns)),
         max_output_tokens=max_output_tokens,
         cacheable=cacheable,
+        strategy=strategy,
     )

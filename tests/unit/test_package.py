@@ -20,6 +20,8 @@ CORE_MODULES = [
     "shared_scorer.scoring",
     "shared_scorer.scoring.base",
     "shared_scorer.replay",
+    "shared_scorer.cache",
+    "shared_scorer.budget",
     "shared_scorer.cli",
 ]
 

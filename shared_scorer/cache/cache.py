@@ -1,0 +1,239 @@
+"""``AnswerCache``: the cascade's answer cache, exact first, then semantic confirmed by a verifier.
+
+A lookup never leaves its scope: the store is asked only under the call's scope key (tenant, user and
+the fingerprint of system prompt, earlier turns, tools, schema and strategy), and every entry it returns is
+checked again against the call's tenant, user and fingerprint before it is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+import unicodedata
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared_scorer.cache.embedders import Embedder, RecentMemo, as_embedder
+from shared_scorer.cache.sqlite_store import SQLiteStore
+from shared_scorer.cache.store import CacheStore, Entry, context_key, scope_key
+from shared_scorer.cache.verifier import ConservativeVerifier, Verifier
+from shared_scorer.errors import ConfigurationError
+from shared_scorer.hooks import CacheHit, CallContext, Scope
+
+_SPACE = re.compile(r"\s+")
+_TRAILING = re.compile(r"[\s?.!\u3002]+$")  # after NFKC, full-width ?! are ASCII
+
+
+def normalise_query(text: str) -> str:
+    """The exact-match form of a query: NFKC, case-folded, whitespace collapsed, closing ``?.!`` dropped.
+
+    >>> normalise_query("  What is  the CAPITAL of France ?? ")
+    'what is the capital of france'
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _TRAILING.sub("", _SPACE.sub(" ", text).strip())
+
+
+def query_hash(text: str) -> str:
+    """SHA-256 of :func:`normalise_query`."""
+    return hashlib.sha256(normalise_query(text).encode()).hexdigest()
+
+
+class AnswerCache:
+    """Answers the cascade accepted, served again to the same question in the same scope at $0.
+
+    ``store`` is a :class:`CacheStore` or a SQLite file path (default: a private in-memory SQLite).
+    ``embedder`` is the local MiniLM by default, or any LangChain ``Embeddings`` / LlamaIndex
+    ``BaseEmbedding``. ``verifier`` confirms semantic candidates: the default
+    :class:`ConservativeVerifier` serves only near-verbatim rewordings; a trained one
+    (:class:`FeatureVerifier` or :class:`PairVerifier`, from ``frugal train-cache-verifier``; a folder path
+    is loaded) serves far more at a chosen wrong-hit rate.
+    ``semantic=False`` keeps exact matches only (no embedder is ever loaded). ``ttl_s`` bounds an entry's
+    age; ``max_entries`` evicts the least recently used; ``strategy_id`` tags entries so that
+    :meth:`invalidate` can drop those of an old strategy.
+
+    >>> from shared_scorer.cache import HashingEmbedder
+    >>> from shared_scorer.hooks import CallContext, Scope
+    >>> from decimal import Decimal
+    >>> cache = AnswerCache(embedder=HashingEmbedder())
+    >>> ctx = CallContext(Scope("acme", "ann"), fingerprint="fp")
+    >>> cache.store("Who wrote Emma?", "Jane Austen", ctx, model="small", score=0.9, cost_usd=Decimal("0.002"))
+    >>> hit = cache.lookup("who wrote emma", ctx)
+    >>> hit.answer, hit.similarity, hit.saved_usd
+    ('Jane Austen', 1.0, Decimal('0.002'))
+    >>> cache.lookup("Who wrote Emma?", CallContext(Scope("acme", "bob"), fingerprint="fp")) is None
+    True
+    """
+
+    def __init__(
+        self,
+        store: CacheStore | str | Path | None = None,
+        *,
+        embedder: object | None = None,
+        verifier: Verifier | str | Path | None = None,
+        semantic: bool = True,
+        ttl_s: float | None = None,
+        max_entries: int | None = None,
+        strategy_id: str = "",
+        candidates: int = 4,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if ttl_s is not None and ttl_s <= 0:
+            raise ConfigurationError(f"ttl_s must be > 0, got {ttl_s}")
+        if max_entries is not None and max_entries < 1:
+            raise ConfigurationError(f"max_entries must be >= 1, got {max_entries}")
+        if candidates < 1:
+            raise ConfigurationError(f"candidates must be >= 1, got {candidates}")
+        if store is None or isinstance(store, str | Path):
+            store = SQLiteStore(store if store is not None else ":memory:")
+        self.backend: CacheStore = store
+        self.embedder: Embedder | None = RecentMemo(as_embedder(embedder)) if semantic else None
+        if isinstance(verifier, str | Path):
+            from shared_scorer.cache.features import load_verifier
+
+            self.verifier: Verifier = load_verifier(verifier)
+        else:
+            self.verifier = ConservativeVerifier() if verifier is None else verifier
+        if self.embedder is not None and hasattr(self.verifier, "use_embedder"):
+            self.verifier.use_embedder(self.embedder)
+        self.semantic = semantic
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.strategy_id = strategy_id
+        self.candidates = candidates
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"AnswerCache(store={self.backend!r}, verifier={self.verifier!r}, semantic={self.semantic})"
+
+    # ------------------------------------------------------------------ the hook
+
+    def lookup(self, query: str, context: CallContext) -> CacheHit | None:
+        """The cached answer for ``query`` in ``context``'s scope, or ``None``: exact match first, then the
+        nearest entries by cosine, the first one the verifier confirms."""
+        now = self.clock()
+        key = context_key(context)
+        exact = self.backend.get_exact(key, query_hash(query), now, tenant=context.scope.tenant)
+        if exact is not None and exact.matches(context) and exact.live(now):
+            return self._hit(exact, 1.0, now)
+        if self.embedder is None:
+            return None
+        vector = self.embedder.embed([query])[0]
+        found = self.backend.search(
+            key,
+            vector,
+            tenant=context.scope.tenant,
+            k=self.candidates,
+            min_similarity=self.verifier.min_similarity,
+            now=now,
+        )
+        found = [(e, s) for e, s in found if e.matches(context) and e.live(now)]
+        if not found:
+            return None
+        accepted = self.verifier.confirm(query, [e.query for e, _ in found], [s for _, s in found])
+        for (entry, similarity), ok in zip(found, accepted, strict=True):
+            if ok:
+                return self._hit(entry, similarity, now)
+        return None
+
+    def _hit(self, entry: Entry, similarity: float, now: float) -> CacheHit:
+        self.backend.touch(entry.id, now)
+        return CacheHit(
+            entry_id=entry.id,
+            answer=entry.answer,
+            similarity=round(float(similarity), 6),
+            model=entry.model,
+            saved_usd=entry.cost_usd,
+        )
+
+    def store(
+        self,
+        query: str,
+        answer: str,
+        context: CallContext,
+        *,
+        model: str,
+        score: float | None,
+        cost_usd: Decimal,
+    ) -> None:
+        """Keep an answer the cascade accepted (the cascade never stores rejected or tool-call answers)."""
+        now = self.clock()
+        entry = Entry(
+            id=uuid.uuid4().hex,
+            scope_key=context_key(context),
+            tenant=context.scope.tenant,
+            user=context.scope.user,
+            fingerprint=context.fingerprint,
+            strategy_id=context.strategy or self.strategy_id,
+            query=query,
+            query_hash=query_hash(query),
+            answer=answer,
+            model=model,
+            score=None if score is None else float(score),
+            cost_usd=Decimal(cost_usd),
+            created_at=now,
+            expires_at=None if self.ttl_s is None else now + self.ttl_s,
+        )
+        vector: np.ndarray | None = None
+        if self.embedder is not None:
+            vector = self.embedder.embed([query])[0]
+        self.backend.add(entry, vector)
+        if self.ttl_s is not None:
+            self.backend.purge_expired(now)
+        if self.max_entries is not None:
+            self.backend.evict(self.max_entries)
+
+    async def alookup(self, query: str, context: CallContext) -> CacheHit | None:
+        """:meth:`lookup` off the event loop (embedding and SQLite are blocking)."""
+        return await asyncio.to_thread(self.lookup, query, context)
+
+    async def astore(
+        self, query: str, answer: str, context: CallContext, *, model: str, score: float | None, cost_usd: Decimal
+    ) -> None:
+        """:meth:`store` off the event loop."""
+        await asyncio.to_thread(self.store, query, answer, context, model=model, score=score, cost_usd=cost_usd)
+
+    # ------------------------------------------------------------------ maintenance
+
+    def invalidate(self, *, strategy_id: str) -> int:
+        """Drop every entry written under ``strategy_id``; return how many."""
+        return self.backend.delete(strategy_id=strategy_id)
+
+    def set_strategy(self, strategy_id: str) -> int:
+        """Tag new entries with ``strategy_id`` and drop those of the previous strategy (if it differs)."""
+        old, self.strategy_id = self.strategy_id, strategy_id
+        return 0 if old == strategy_id else self.invalidate(strategy_id=old)
+
+    def clear(self, scope: Scope | None = None, *, tenant: str | None = None, fingerprint: str | None = None) -> int:
+        """Drop entries: of one ``scope`` (tenant and user; with ``fingerprint``, only that conversation
+        context), of one ``tenant``, or all of them when nothing is given. Returns how many."""
+        if scope is not None and fingerprint is not None:
+            return self.backend.delete(scope_key=scope_key(scope.tenant, scope.user, fingerprint))
+        if scope is not None:
+            return self.backend.delete(tenant=scope.tenant, user=scope.user)
+        if fingerprint is not None:
+            raise ConfigurationError("clear(fingerprint=...) needs the scope too")
+        return self.backend.delete(tenant=tenant)
+
+    def purge(self) -> int:
+        """Delete expired entries now (they are never served either way); return how many."""
+        return self.backend.purge_expired(self.clock())
+
+    def __len__(self) -> int:
+        return self.backend.count()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> AnswerCache:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,114 @@
+"""What an answer-cache store keeps (:class:`Entry`) and the calls :class:`AnswerCache` makes to it.
+
+A store never decides what is a hit: it returns exact matches and nearest neighbours *within one scope
+key*; the cache confirms them. The scope key digests tenant, user and fingerprint, and every entry also
+carries those three in clear, so the cache checks them again before serving anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from shared_scorer.hooks import CallContext
+
+
+def scope_key(tenant: str, user: str, fingerprint: str) -> str:
+    """The SHA-256 of ``[tenant, user, fingerprint]``: the only key entries are looked up under."""
+    return hashlib.sha256(json.dumps([tenant, user, fingerprint]).encode()).hexdigest()
+
+
+def context_key(context: CallContext) -> str:
+    """:func:`scope_key` of a call's context."""
+    return scope_key(context.scope.tenant, context.scope.user, context.fingerprint)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cached answer."""
+
+    id: str
+    scope_key: str
+    tenant: str
+    user: str
+    fingerprint: str
+    strategy_id: str
+    query: str
+    query_hash: str
+    """SHA-256 of the normalised query (the exact-match key)."""
+    answer: str
+    model: str
+    score: float | None
+    cost_usd: Decimal
+    created_at: float
+    expires_at: float | None
+    """POSIX time after which the entry is never served; ``None``: no TTL."""
+
+    def matches(self, context: CallContext) -> bool:
+        """Whether this entry belongs to exactly the scope and fingerprint of ``context``."""
+        return (
+            self.tenant == context.scope.tenant
+            and self.user == context.scope.user
+            and self.fingerprint == context.fingerprint
+            and self.scope_key == context_key(context)
+        )
+
+    def live(self, now: float) -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+
+@runtime_checkable
+class CacheStore(Protocol):
+    """Where entries live: :class:`~shared_scorer.cache.SQLiteStore` (embedded) or
+    :class:`~shared_scorer.cache.ChromaStore` (shared server)."""
+
+    def add(self, entry: Entry, vector: np.ndarray | None) -> None:
+        """Insert one entry (its vector is ``None`` when the cache is exact-only)."""
+        ...
+
+    def get_exact(self, scope_key: str, query_hash: str, now: float, *, tenant: str) -> Entry | None:
+        """The newest live entry of ``scope_key`` whose normalised query hashes to ``query_hash``
+        (``tenant`` is the scope's tenant, for stores that partition by it)."""
+        ...
+
+    def search(
+        self, scope_key: str, vector: np.ndarray, *, tenant: str, k: int, min_similarity: float, now: float
+    ) -> list[tuple[Entry, float]]:
+        """Up to ``k`` live entries of ``scope_key`` with cosine >= ``min_similarity``, best first."""
+        ...
+
+    def touch(self, entry_id: str, now: float) -> None:
+        """Record a hit (for least-recently-used eviction)."""
+        ...
+
+    def delete(
+        self,
+        *,
+        tenant: str | None = None,
+        user: str | None = None,
+        scope_key: str | None = None,
+        strategy_id: str | None = None,
+        entry_ids: Sequence[str] | None = None,
+    ) -> int:
+        """Delete the entries matching every given filter (all entries if none); return how many."""
+        ...
+
+    def purge_expired(self, now: float) -> int:
+        """Delete expired entries; return how many."""
+        ...
+
+    def evict(self, max_entries: int) -> int:
+        """Delete least recently used entries until at most ``max_entries`` remain; return how many."""
+        ...
+
+    def count(self) -> int:
+        """How many entries are stored (expired ones included until purged)."""
+        ...
+
+    def close(self) -> None: ...

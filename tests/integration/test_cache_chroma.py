@@ -1,0 +1,125 @@
+"""The shared Chroma store: a real ``chroma run`` server on 127.0.0.1, started for these tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared_scorer.cache import AnswerCache, ChromaStore, HashingEmbedder
+from shared_scorer.hooks import CallContext, Scope
+from tests.conftest import require
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def chroma(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    try:
+        import chromadb
+    except ImportError:
+        chromadb = None
+    executable = shutil.which("chroma")
+    require(chromadb is not None and executable is not None, "chromadb (with its 'chroma' command) is not installed")
+    assert chromadb is not None and executable is not None
+    folder: Path = tmp_path_factory.mktemp("chroma")
+    port = _free_port()
+    log = (folder / "server.log").open("w")
+    server = subprocess.Popen(
+        [executable, "run", "--host", "127.0.0.1", "--port", str(port), "--path", str(folder / "db")],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    client = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            client = chromadb.HttpClient(host="127.0.0.1", port=port)
+            client.heartbeat()
+            break
+        except Exception:
+            client = None
+            time.sleep(0.3)
+    try:
+        require(client is not None, f"the Chroma server did not start: {(folder / 'server.log').read_text()[-500:]}")
+        yield {"host": "127.0.0.1", "port": port, "client": client}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+class Confirm:
+    min_similarity = 0.5
+
+    def confirm(self, query, cached, similarities):
+        return [True] * len(cached)
+
+
+ANN = CallContext(Scope("acme", "ann"), "fp")
+
+
+def put(cache: AnswerCache, query: str, answer: str, context: CallContext = ANN) -> None:
+    cache.store(query, answer, context, model="small", score=0.9, cost_usd=Decimal("0.003"))
+
+
+def replica(chroma: dict[str, Any], prefix: str, **options: Any) -> AnswerCache:
+    """A cache of one app replica: its own client and store over the one shared server."""
+    store = ChromaStore(chroma["host"], chroma["port"], prefix=prefix)
+    return AnswerCache(store, embedder=HashingEmbedder(), verifier=Confirm(), **options)
+
+
+def test_replicas_share_hits_exact_and_semantic(chroma):
+    one, two = replica(chroma, "t1"), replica(chroma, "t1")
+    put(one, "How tall is Mount Everest?", "8849 m")
+    exact = two.lookup("how tall is mount everest", ANN)
+    assert exact is not None and exact.answer == "8849 m" and exact.similarity == 1.0
+    assert exact.saved_usd == Decimal("0.003") and exact.model == "small"
+    semantic = two.lookup("How tall is Mount Everest, in metres?", ANN)
+    assert semantic is not None and semantic.answer == "8849 m" and 0.5 <= semantic.similarity < 1.0
+    assert len(two) == 1
+
+
+def test_scopes_never_cross_on_the_server(chroma):
+    cache = replica(chroma, "t2")
+    put(cache, "Who is our CEO?", "Alice")
+    put(cache, "Who is our CEO?", "Bob", CallContext(Scope("globex", "ann"), "fp"))
+    for context in (CallContext(Scope("acme", "bob"), "fp"), CallContext(Scope("acme", "ann"), "fp2"),
+                    CallContext(Scope("initech", "ann"), "fp")):  # fmt: skip
+        assert cache.lookup("Who is our CEO?", context) is None
+        assert cache.lookup("Who's our CEO?", context) is None
+    assert cache.lookup("Who is our CEO", ANN).answer == "Alice"
+    assert cache.lookup("Who's our CEO?", CallContext(Scope("globex", "ann"), "fp")).answer == "Bob"
+    names = {c if isinstance(c, str) else c.name for c in chroma["client"].list_collections()}
+    assert len({n for n in names if n.startswith("t2-")}) == 2  # one collection per tenant
+
+
+def test_ttl_eviction_and_invalidation_on_the_server(chroma):
+    now = [1000.0]
+    cache = replica(chroma, "t3", ttl_s=60, max_entries=2, strategy_id="s1", clock=lambda: now[0])
+    put(cache, "first question", "1")
+    now[0] += 1
+    put(cache, "second question", "2")
+    now[0] += 1
+    assert cache.lookup("first question", ANN).answer == "1"  # touched
+    now[0] += 1
+    put(cache, "third question", "3")
+    assert len(cache) == 2 and cache.lookup("second question", ANN) is None
+    now[0] += 100
+    assert cache.lookup("first question", ANN) is None
+    assert cache.purge() == 2 and len(cache) == 0
+    put(cache, "fourth question", "4")
+    assert cache.set_strategy("s2") == 1 and len(cache) == 0

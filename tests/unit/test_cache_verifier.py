@@ -1,0 +1,107 @@
+"""The trainable pair verifier (tiny random backbone), its persistence, and the two cache commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from shared_scorer.cache import HashingEmbedder, Pair, PairVerifier
+from shared_scorer.cache.training import VerifierConfig, train_verifier
+from shared_scorer.cli import main
+from shared_scorer.errors import CheckpointError
+
+TOPICS = ["python", "paris", "the moon", "tax", "guitar", "coffee", "chess", "rain", "bitcoin", "yoga"]
+
+
+def pairs(n: int = 160) -> list[Pair]:
+    out = []
+    for i in range(n):
+        a, b = TOPICS[i % 10], TOPICS[(i * 3 + 1) % 10]
+        if i % 2:
+            out.append(Pair(f"How do I learn about {a}?", f"How can I learn about {a} {i}?", True))
+        else:
+            out.append(Pair(f"How do I learn about {a}?", f"Why is {b} so popular {i}?", False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained():
+    config = VerifierConfig(backbone="tiny-random", epochs=1, batch_size=64, max_length=24, progress=False)
+    return train_verifier(pairs(120), config, embedder=HashingEmbedder())
+
+
+def test_training_reports_validation_figures_and_an_operating_point(trained):
+    verifier, report = trained
+    assert report["fit_pairs"] + report["val_pairs"] == 120 and report["val_pairs"] > 10
+    point = report["operating_point"]
+    assert verifier.threshold == point["threshold"] and verifier.min_similarity == point["min_similarity"]
+    assert report["validation"]["pairs"] == report["val_pairs"]
+    assert report["config"]["backbone"] == "tiny-random"
+
+
+def test_save_and_load_round_trip_without_pickle(trained, tmp_path):
+    verifier, _ = trained
+    folder = verifier.save(tmp_path / "verifier")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer",
+        "verifier.json",
+    ]
+    loaded = PairVerifier.load(folder)
+    first, second = ["How do I learn about chess?", "Is rain wet?"], ["How can I learn chess?", "Why is tax so high?"]
+    assert np.allclose(loaded.probabilities(first, second), verifier.probabilities(first, second))
+    assert (loaded.threshold, loaded.min_similarity) == (verifier.threshold, verifier.min_similarity)
+    (folder / "verifier.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(CheckpointError, match=r"verifier\.json: field 'format'"):
+        PairVerifier.load(folder)
+    with pytest.raises(CheckpointError, match="missing"):
+        PairVerifier.load(tmp_path / "nowhere")
+
+
+def test_cache_bench_command_writes_the_figures(tmp_path, capsys):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"cached": p.cached, "incoming": p.incoming, "duplicate": int(p.duplicate)}) + "\n"
+            for p in pairs(60)
+        )
+    )
+    path.write_text(path.read_text() + json.dumps({"cached": "Same?", "incoming": "same", "duplicate": 1}) + "\n")
+    out = tmp_path / "bench.json"
+    argv = ["cache-bench", "--pairs", str(path), "--json", str(out), "--embedder", "hashing", "--sizes", "300",
+            "--latency-queries", "20"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    default = result["conservative_default"]
+    assert (default["pairs"], default["duplicates"], default["exact_hits"]) == (61, 31, 1)
+    assert default["hits"] >= 1 and default["wrong_hit_share"] == 0.0
+    assert result["latency"][0]["entries"] == 300 and result["latency"][0]["lookup_without_embedding"]["p50_ms"] > 0
+    assert default["precision_recall"][-1] == {"threshold": 2.0, "recall": 0.0323, "precision": 1.0, "hits": 1}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"cached": "a", "incoming": "b"}\n')
+    assert main(["cache-bench", "--pairs", str(bad), "--json", str(out)]) == 2
+    assert f"{bad}:1: field 'duplicate'" in capsys.readouterr().err
+
+
+def test_feature_verifier_trains_saves_loads_and_serves_through_a_cache(tmp_path):
+    from decimal import Decimal
+
+    from shared_scorer.cache import AnswerCache, FeatureVerifier
+    from shared_scorer.hooks import CallContext, Scope
+
+    verifier, report = FeatureVerifier.train(pairs(400), embedder=HashingEmbedder(), hidden=(16,))
+    assert report["fit_pairs"] + report["val_pairs"] == 400 and report["val_auroc"] > 0.7
+    folder = verifier.save(tmp_path / "features")
+    assert sorted(p.name for p in folder.iterdir()) == ["features.safetensors", "verifier.json"]
+    cache = AnswerCache(embedder=HashingEmbedder(), verifier=folder)  # a folder path is loaded
+    assert isinstance(cache.verifier, FeatureVerifier) and cache.verifier.threshold == verifier.threshold
+    context = CallContext(Scope("acme", "ann"), "fp")
+    cache.store("How do I learn about chess?", "Play", context, model="m", score=1.0, cost_usd=Decimal("0.01"))
+    texts = (["How do I learn about chess?"], ["How can I learn about chess 7?"])
+    assert np.allclose(cache.verifier.probabilities(*texts), verifier.probabilities(*texts))
+    (folder / "features.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"features\.safetensors: missing"):
+        FeatureVerifier.load(folder)
