@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from langchain_core.callbacks import (
@@ -19,10 +20,12 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from frugal_langchain import _convert
+from shared_scorer.assemble import strategy_settings
 from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator, cascade_for, max_output_tokens_of
 from shared_scorer.costs import CostTracker
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.hooks import CallContext, Scope, build_context
+from shared_scorer.strategy import Strategy
 from shared_scorer.tools import ToolCallValidator
 
 _FORWARDED = ("temperature", "max_tokens")
@@ -112,6 +115,41 @@ class FrugalChatModel(BaseChatModel):
             what="a LangChain chat model (BaseChatModel)",
             name_of=stage_name,
         )
+
+    @classmethod
+    def from_strategy(
+        cls,
+        path: str | Path | Strategy,
+        stages: Mapping[str, BaseChatModel],
+        *,
+        scorer: Any = None,
+        max_cost_per_query: float | None = None,
+        target_accuracy: float | None = None,
+        **kwargs: Any,
+    ) -> FrugalChatModel:
+        """Build the cascade a ``frugal fit`` strategy describes, over ``stages[name]`` for each model.
+
+        ``max_cost_per_query`` or ``target_accuracy`` picks another point of the saved frontier; other
+        keyword arguments (``budget=``, ``answer_cache=``, ``tenant=`` ...) go to the model.
+
+        Example:
+            .. code-block:: python
+
+                llm = FrugalChatModel.from_strategy(
+                    "out/strategy/strategy.json",
+                    stages={"gpt-5-mini": ChatOpenAI(model="gpt-5-mini"), "gpt-5": ChatOpenAI(model="gpt-5")},
+                )
+        """
+        settings = strategy_settings(
+            path,
+            stages,
+            name_of=stage_name,
+            scorer=scorer,
+            max_cost_per_query=max_cost_per_query,
+            target_accuracy=target_accuracy,
+            prices=kwargs.pop("prices", None),
+        )
+        return cls(**settings, **kwargs)
 
     @property
     def cascade(self) -> Cascade:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from llama_index.core.base.llms.types import (
@@ -23,10 +24,12 @@ from llama_index.core.tools import BaseTool
 from pydantic import Field, PrivateAttr
 
 from frugal_llamaindex import _convert
+from shared_scorer.assemble import strategy_settings
 from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator, cascade_for, max_output_tokens_of
 from shared_scorer.costs import CostTracker
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.hooks import CallContext, Scope, build_context
+from shared_scorer.strategy import Strategy
 from shared_scorer.tools import ToolCallValidator
 
 dispatcher = get_dispatcher(__name__)
@@ -90,6 +93,36 @@ class FrugalLLM(FunctionCallingLLM):
     @classmethod
     def class_name(cls) -> str:
         return "FrugalLLM"
+
+    @classmethod
+    def from_strategy(
+        cls,
+        path: str | Path | Strategy,
+        stages: Mapping[str, LLM],
+        *,
+        scorer: Any = None,
+        max_cost_per_query: float | None = None,
+        target_accuracy: float | None = None,
+        **kwargs: Any,
+    ) -> FrugalLLM:
+        """Build the cascade a ``frugal fit`` strategy describes, over ``stages[name]`` for each model.
+
+        The same decisions as ``FrugalChatModel.from_strategy`` on the same strategy. Example:
+
+        .. code-block:: python
+
+            llm = FrugalLLM.from_strategy("out/strategy/strategy.json", stages={"gpt-5-mini": OpenAILike(...)})
+        """
+        settings = strategy_settings(
+            path,
+            stages,
+            name_of=stage_name,
+            scorer=scorer,
+            max_cost_per_query=max_cost_per_query,
+            target_accuracy=target_accuracy,
+            prices=kwargs.pop("prices", None),
+        )
+        return cls(**settings, **kwargs)
 
     @property
     def cascade(self) -> Cascade:

@@ -86,6 +86,9 @@ def _load_scorer(spec: str, records: Sequence[Record]) -> Scorer:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shared_scorer.budget.cli import add_budget_parsers
+    from shared_scorer.cache.cli import add_cache_parsers
+    from shared_scorer.fit_cli import add_fit_parsers
     from shared_scorer.replay.cli import add_replay_parser
     from shared_scorer.scoring.cli import add_train_scorer_parser
 
@@ -94,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_parser(subparsers)
     add_train_scorer_parser(subparsers)
     _add_eval_parser(subparsers)
+    add_fit_parsers(subparsers)
+    add_budget_parsers(subparsers)
+    add_cache_parsers(subparsers)
     return parser
 
 

@@ -92,7 +92,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         import uvicorn
         from langchain_openai import ChatOpenAI
 
-        from frugal_langchain.strategy import from_strategy
+        from frugal_langchain import FrugalChatModel
     except ImportError as exc:
         raise ConfigurationError(f"frugal serve needs 'frugal-cascade[serve,langchain]': {exc}") from None
     from frugal_langchain.serve import load_keys, make_app
@@ -110,12 +110,9 @@ def _run_serve(args: argparse.Namespace) -> int:
             model: ChatOpenAI(model=model, base_url=args.stages_base_url, api_key=api_key, max_tokens=args.max_tokens)
             for model in strategy.chain
         }
-        model = from_strategy(None, strategy, stages, cost_tracker=LedgerCostTracker(ledger), on_budget=args.on_budget)
-        if budget is None:
-            return model
-        # from_strategy's own budget= picks a point of the frontier; the spending budget is a model field.
-        fields = {name: getattr(model, name) for name in type(model).model_fields if name != "budget"}
-        return type(model)(**fields, budget=budget)
+        return FrugalChatModel.from_strategy(
+            strategy, stages, cost_tracker=LedgerCostTracker(ledger), budget=budget, on_budget=args.on_budget
+        )
 
     uvicorn.run(make_app(factory, keys, budget), host=args.host, port=args.port)
     return 0

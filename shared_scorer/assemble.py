@@ -1,0 +1,87 @@
+"""Turn a saved :class:`~shared_scorer.strategy.Strategy` into an adapter model's settings.
+
+Framework-free: each adapter passes its stage objects and how it names them; both adapters therefore
+build the same cascade from the same strategy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from shared_scorer.errors import ConfigurationError
+from shared_scorer.scoring.base import ScoreRequest, as_scorer
+from shared_scorer.strategy import Strategy
+
+
+def strategy_settings(
+    path: str | Path | Strategy,
+    stages: Mapping[str, Any],
+    *,
+    name_of: Callable[[Any], str],
+    scorer: Any = None,
+    max_cost_per_query: float | None = None,
+    target_accuracy: float | None = None,
+    prices: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``stages``, ``scorer``, ``thresholds``, ``prices`` and ``strategy_id`` of an adapter model.
+
+    ``stages`` maps the strategy's model names to the framework's models (extra names are ignored); a
+    model of the chain that is missing is a :class:`ConfigurationError` naming it. The DistilBERT scorer
+    is loaded from the strategy's scorer folder unless ``scorer`` is given. ``max_cost_per_query`` or
+    ``target_accuracy`` picks another point of the saved frontier without refitting.
+    """
+    strategy = path if isinstance(path, Strategy) else Strategy.load(path)
+    if max_cost_per_query is not None or target_accuracy is not None:
+        strategy = strategy.select(budget=max_cost_per_query, target_accuracy=target_accuracy)
+    chain = list(strategy.chain)
+    missing = [m for m in chain if m not in stages]
+    if missing:
+        where = f" ({strategy.path})" if strategy.path else ""
+        raise ConfigurationError(
+            f"the strategy{where} chains {chain}; no model given for {missing} (stages= has {sorted(stages)})"
+        )
+    models = [stages[m] for m in chain]
+    if scorer is None:
+        from shared_scorer.scoring.distilbert import DistilBertScorer
+
+        scorer = DistilBertScorer.load(strategy.scorer_path(), expect_models=chain)
+    if prices is None and strategy.prices:
+        prices = {m: (p["input_per_mtok"], p["output_per_mtok"]) for m, p in strategy.prices.items()}
+    by_stage = {name_of(s): prices[n] for s, n in zip(models, chain, strict=True) if n in prices} if prices else None
+    return {
+        "stages": models,
+        "scorer": RenamedScorer(scorer, chain),
+        "thresholds": list(strategy.thresholds),
+        "prices": by_stage or None,
+        "strategy_id": strategy_id(strategy),
+    }
+
+
+def strategy_id(strategy: Strategy) -> str:
+    """A short stable id of the decisions a strategy makes (chain, thresholds, scorer, data)."""
+    key = json.dumps(
+        [strategy.version, list(strategy.chain), list(strategy.thresholds), strategy.scorer, strategy.data_fingerprint]
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class RenamedScorer:
+    """Scores with the strategy's model names, whatever the given stage objects call themselves."""
+
+    def __init__(self, scorer: Any, names: Sequence[str]) -> None:
+        self.inner = as_scorer(scorer)
+        self.names = list(names)
+
+    def _rename(self, request: ScoreRequest) -> ScoreRequest:
+        return replace(request, model=self.names[request.stage]) if 0 <= request.stage < len(self.names) else request
+
+    def score(self, request: ScoreRequest) -> float:
+        return float(self.inner.score(self._rename(request)))
+
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[float]:
+        return [float(v) for v in self.inner.score_batch([self._rename(r) for r in requests])]
