@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared_scorer.data import Record
-from shared_scorer.errors import FrugalError
+from shared_scorer.errors import ConfigurationError, FrugalError
 from shared_scorer.scoring.base import Scorer
 
 
@@ -40,10 +40,14 @@ def _add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     )
     parser.add_argument("--data", required=True, type=Path, help="recorded JSON Lines file to replay (test split)")
     parser.add_argument(
+        "--strategy",
+        type=Path,
+        help="a strategy saved by 'frugal fit' or 'frugal bench --out': its chain, thresholds and scorer",
+    )
+    parser.add_argument(
         "--scorer",
-        required=True,
         help="a DistilBertScorer folder saved by 'frugal train-scorer', or 'oracle' to grade with the "
-        "recorded labels (an upper bound, not a real scorer)",
+        "recorded labels (an upper bound, not a real scorer); not needed with --strategy",
     )
     parser.add_argument("--chain", type=_names, help="comma-separated models, cheapest first (default: all, by cost)")
     parser.add_argument("--thresholds", type=_floats, help="one per stage but the last (default: 0.5 each)")
@@ -61,6 +65,16 @@ def _run_eval(args: argparse.Namespace) -> int:
     records = load_records(args.data)
     prices_path = args.prices or args.data.resolve().parent.parent / "prices.json"
     prices = load_prices(prices_path) if prices_path.is_file() else {}
+    if args.strategy is not None:
+        from shared_scorer.strategy import Strategy
+
+        strategy = Strategy.load(args.strategy)
+        args.chain, args.thresholds = list(strategy.chain), list(strategy.thresholds)
+        args.scorer = args.scorer or str(strategy.scorer_path())
+        for model, price in strategy.prices.items():
+            prices.setdefault(model, (price["input_per_mtok"], price["output_per_mtok"]))
+    if not args.scorer:
+        raise ConfigurationError("frugal eval needs --scorer or --strategy")
     chain = args.chain
     if not chain:
         singles = single_model_figures(records, {r.query_id for r in records}, models_of(records), prices)
