@@ -201,7 +201,9 @@ class Cascade:
                 continue
             outputs[i] = output
             if not last or self.return_policy == "best":
-                request = ScoreRequest(query, output.text or _tool_text(output), attempt.model, i, tuple(answers))
+                request = ScoreRequest(
+                    query, output.text or _tool_text(output), attempt.model, i, tuple(answers), output.output_tokens
+                )
                 attempt.score = check_score((yield request), request)
                 if best is None or attempt.score > (attempts[best].score or 0.0):
                     best = i

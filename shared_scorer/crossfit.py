@@ -31,6 +31,7 @@ import numpy as np
 
 from shared_scorer.data import Record, fingerprint
 from shared_scorer.errors import ConfigurationError, DataError, ScorerError
+from shared_scorer.scoring.signals import Stacker, answer_signals, cross_fitted, fit_stacker
 from shared_scorer.scoring.training import Calibrator, TrainConfig, auroc, config_json, fit_calibrator
 
 
@@ -43,6 +44,8 @@ class TopLayerConfig:
     head_lr: float = 1e-3
     weight_decay: float = 0.01
     encode_batch_size: int = 64
+    usage_signals: bool = True
+    """Stack each model's logit with its answers' billed output tokens and length (see scoring.signals)."""
 
 
 def _cls_output(block: Any, cls: Any, keys: Any, values: Any, mask: Any, training: bool) -> Any:
@@ -311,11 +314,21 @@ def cross_fit_top_layer(
     calibrators: dict[str, Calibrator] = {}
     metrics: dict[str, dict[str, float]] = {}
     scores = np.empty(len(rows))
+    stackers: dict[str, Stacker] = {}
+    use_signals = trainer.top.usage_signals
     for m in models:
         idx = [i for i, r in enumerate(rows) if r.model == m]
         calibrators[m] = fit_calibrator(train.calibration, oof[idx], labels[idx])
         scores[idx] = calibrators[m].apply(oof[idx])
         metrics[m] = {"oof_auroc": auroc(labels[idx], oof[idx]), "oof_rows": float(len(idx))}
+        if use_signals:
+            # usage signals on top of the logit; the stacked scores are themselves out of fold
+            signals = answer_signals([rows[i].output_tokens for i in idx], [rows[i].answer for i in idx])
+            scores[idx] = cross_fitted(oof[idx], signals, labels[idx], scores[idx], seed=seed)
+            stacker = fit_stacker(oof[idx], signals, labels[idx])
+            if stacker is not None:
+                stackers[m] = stacker
+            metrics[m]["oof_auroc_with_signals"] = auroc(labels[idx], scores[idx])
     calibrators[SHARED] = fit_calibrator(train.calibration, oof, labels)
     if progress:
         progress(f"final scorer: train top layer on all {len(rows)} pairs")
@@ -332,5 +345,6 @@ def cross_fit_top_layer(
         "train_seconds": sum(seconds.values()),
     }
     scorer = trainer.scorer(state, calibrators, info)
+    scorer.stackers = stackers
     out = {(r.query_id, r.model): float(s) for r, s in zip(rows, scores, strict=True)}
     return out, scorer, seconds

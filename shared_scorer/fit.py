@@ -160,7 +160,7 @@ def distilbert_trainer(config: TrainConfig) -> Callable[[Sequence[Record], int],
 
 def score_rows(scorer: Any, rows: Sequence[Record]) -> np.ndarray:
     """The scorer's calibrated probabilities for recorded rows."""
-    requests = [ScoreRequest(r.query, r.answer, model=r.model) for r in rows]
+    requests = [ScoreRequest(r.query, r.answer, model=r.model, output_tokens=r.output_tokens) for r in rows]
     return np.asarray(scorer.score_batch(requests), dtype=float)
 
 

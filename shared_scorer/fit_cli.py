@@ -83,6 +83,12 @@ def _add_fit(subparsers: SubParsers, name: str) -> None:
         "full: cross-fit DistilBertScorer.train itself (slow on CPU)",
     )
     p.add_argument("--top-epochs", type=int, default=5, help="epochs of the top-layer design")
+    p.add_argument(
+        "--no-usage-signals",
+        dest="usage_signals",
+        action="store_false",
+        help="score from the text alone (default: also the answer's billed output tokens and length)",
+    )
     p.add_argument("--top-lr", type=float, default=3e-4, help="learning rate of the top layer (head: 1e-3)")
     p.add_argument("--candidates", choices=("grid", "quantiles", "both"), default="both")
     p.add_argument("--backbone", default="minilm", help="scorer backbone (minilm, tiny-random, folder, hub name)")
@@ -111,7 +117,7 @@ def _config(args: argparse.Namespace) -> Any:
 
     return FitConfig(
         design=args.design,
-        top=TopLayerConfig(epochs=args.top_epochs, lr=args.top_lr),
+        top=TopLayerConfig(epochs=args.top_epochs, lr=args.top_lr, usage_signals=args.usage_signals),
         folds=args.folds,
         max_depth=args.max_depth,
         candidates=args.candidates,

@@ -16,7 +16,8 @@ class ScoreRequest:
     """One (query, answer) pair to rate.
 
     ``model`` is the name of the model that wrote the answer; ``stage`` its position in the cascade;
-    ``previous_answers`` the answers earlier stages gave to the same query (oldest first).
+    ``previous_answers`` the answers earlier stages gave to the same query (oldest first);
+    ``output_tokens`` the output tokens the provider billed for it (reasoning included), if reported.
     """
 
     query: str
@@ -24,6 +25,7 @@ class ScoreRequest:
     model: str = ""
     stage: int = 0
     previous_answers: tuple[str, ...] = field(default=())
+    output_tokens: int | None = None
 
 
 @runtime_checkable

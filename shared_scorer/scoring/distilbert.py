@@ -30,6 +30,7 @@ import numpy as np
 from shared_scorer.data import Record, fingerprint
 from shared_scorer.errors import CheckpointError, ConfigurationError, ScorerError
 from shared_scorer.scoring.base import ScoreRequest
+from shared_scorer.scoring.signals import Stacker, answer_signals, fit_stacker
 from shared_scorer.scoring.training import Calibrator, TrainConfig, TrainResult, config_json, train_nets
 
 SHARED = ""
@@ -160,6 +161,7 @@ class DistilBertScorer:
         num_threads: int | None = None,
         info: Mapping[str, Any] | None = None,
         quantized: bool = False,
+        stackers: Mapping[str, Stacker] | None = None,
     ) -> None:
         if num_threads is not None and num_threads < 1:
             raise ConfigurationError(f"num_threads must be >= 1, got {num_threads}")
@@ -168,6 +170,7 @@ class DistilBertScorer:
         self.nets = dict(nets)
         self.tokenizer = tokenizer
         self.calibrators = dict(calibrators)
+        self.stackers = dict(stackers or {})
         self.models = list(models)
         self.per_model = per_model
         self.max_length = max_length
@@ -211,6 +214,7 @@ class DistilBertScorer:
         )
         if not config.per_model:
             scorer._fit_pooled_calibrator(records, config, set(result.val_query_ids))
+        scorer._fit_stackers(records, set(result.val_query_ids))
         return scorer
 
     def _fit_pooled_calibrator(self, records: Sequence[Record], config: TrainConfig, val_ids: set[str]) -> None:
@@ -219,6 +223,19 @@ class DistilBertScorer:
         rows = [r for r in records if r.query_id in val_ids and r.model in self.models]
         logits = predict_logits(self.nets[SHARED], self.encoder, rows, self.batch_size)
         self.calibrators[SHARED] = fit_calibrator(config.calibration, logits, np.array([r.correct for r in rows]))
+
+    def _fit_stackers(self, records: Sequence[Record], val_ids: set[str]) -> None:
+        """Per model, a :class:`Stacker` on the validation rows' logits and usage signals."""
+        rows = [r for r in records if r.query_id in val_ids and r.model in self.models]
+        requests = [ScoreRequest(r.query, r.answer, r.model, output_tokens=r.output_tokens) for r in rows]
+        logits = self.logits(requests)
+        for model in dict.fromkeys(r.model for r in rows):
+            index = [i for i, r in enumerate(rows) if r.model == model]
+            labels = np.array([rows[i].correct for i in index])
+            signals = answer_signals([rows[i].output_tokens for i in index], [rows[i].answer for i in index])
+            stacker = fit_stacker(logits[index], signals, labels)
+            if stacker is not None:
+                self.stackers[model] = stacker
 
     @property
     def metrics(self) -> dict[str, dict[str, float]]:
@@ -261,6 +278,10 @@ class DistilBertScorer:
             index = [i for i, r in enumerate(requests) if r.model == model]
             calibrator = self.calibrators.get(model) or self.calibrators.get(SHARED) or Calibrator("none", {})
             out[index] = calibrator.apply(logits[index])
+            if model in self.stackers:
+                chosen = [requests[i] for i in index]
+                signals = answer_signals([r.output_tokens for r in chosen], [r.answer for r in chosen])
+                out[index] = self.stackers[model].apply(logits[index], signals, out[index])
         return out
 
     def score(self, request: ScoreRequest) -> float:
@@ -297,6 +318,7 @@ class DistilBertScorer:
             num_threads=self.num_threads,
             info=self.info,
             quantized=True,
+            stackers=self.stackers,
         )
 
     # ------------------------------------------------------------------ save / load
@@ -330,6 +352,7 @@ class DistilBertScorer:
             "max_length": self.max_length,
             "head_fraction": self.encoder.head_fraction,
             "calibration": {k: c.to_json() for k, c in self.calibrators.items()},
+            "stackers": {k: st.to_json() for k, st in self.stackers.items()},
             **{k: v for k, v in self.info.items() if k not in {"format", "weights", "sha256"}},
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2, allow_nan=True), encoding="utf-8")
@@ -375,7 +398,8 @@ class DistilBertScorer:
             nets[key] = net.eval()
         try:
             calibrators = {k: Calibrator.from_json(v) for k, v in meta["calibration"].items()}
-        except (ValueError, AttributeError) as exc:
+            stackers = {k: Stacker.from_json(v) for k, v in meta.get("stackers", {}).items()}
+        except (ValueError, AttributeError, TypeError, KeyError) as exc:
             raise CheckpointError(f"{folder / META_FILE}: bad calibration ({exc})") from None
         scorer = cls(
             nets,
@@ -388,6 +412,7 @@ class DistilBertScorer:
             batch_size=batch_size,
             num_threads=num_threads,
             info={k: meta[k] for k in ("backbone", "training_data_fingerprint", "training", "metrics") if k in meta},
+            stackers=stackers,
         )
         return scorer.quantized() if quantize else scorer
 

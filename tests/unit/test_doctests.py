@@ -13,6 +13,7 @@ MODULES = [
     "shared_scorer.tools",
     "shared_scorer.scoring.base",
     "shared_scorer.scoring.oracle",
+    "shared_scorer.scoring.signals",
     "shared_scorer.budget",
     "shared_scorer.budget.tracker",
 ]
