@@ -56,9 +56,6 @@ def _add_fit(subparsers: SubParsers, name: str) -> None:
             "and each stage's threshold, and save OUT/strategy.json (with the whole frontier) beside OUT/scorer/.",
         )
         p.add_argument("--out", required=True, type=Path, help="folder for strategy.json and scorer/")
-        objective = p.add_mutually_exclusive_group()
-        objective.add_argument("--budget", type=float, help="highest accuracy at mean USD per query <= this")
-        objective.add_argument("--target-accuracy", type=float, help="lowest cost at accuracy >= this")
     else:
         p = subparsers.add_parser(
             "bench",
@@ -70,6 +67,11 @@ def _add_fit(subparsers: SubParsers, name: str) -> None:
         p.add_argument("--json", required=True, type=Path, help="where to write the report")
         p.add_argument("--plot", type=Path, help="also draw the frontier to this PNG (needs matplotlib)")
         p.add_argument("--out", type=Path, help="folder for the fitted strategy (default: beside --json)")
+    objective = p.add_mutually_exclusive_group()
+    objective.add_argument(
+        "--budget", type=float, help="the saved strategy: highest accuracy at mean USD per query <= this"
+    )
+    objective.add_argument("--target-accuracy", type=float, help="the saved strategy: lowest cost at accuracy >= this")
     p.add_argument("--train", required=True, type=Path, help="recorded JSON Lines, train split")
     p.add_argument("--prices", type=Path, help="price costs from tokens with this prices JSON (default: cost_usd)")
     p.add_argument("--models", help="comma-separated candidate models (default: all)")
@@ -122,8 +124,8 @@ def _config(args: argparse.Namespace) -> Any:
         max_depth=args.max_depth,
         candidates=args.candidates,
         models=[m.strip() for m in args.models.split(",") if m.strip()] if args.models else None,
-        budget=getattr(args, "budget", None),
-        target_accuracy=getattr(args, "target_accuracy", None),
+        budget=args.budget,
+        target_accuracy=args.target_accuracy,
         seed=args.seed,
         train=train,
     )
