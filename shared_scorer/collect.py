@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from shared_scorer.costs import Price, as_price, resolve_price
-from shared_scorer.data import parse_record
+from shared_scorer.data import iter_json_lines, parse_record
 from shared_scorer.errors import ConfigurationError, DataError
 from shared_scorer.metrics import Metric
 
@@ -146,35 +146,24 @@ def query_id_of(query: str, system: str | None) -> str:
 
 def load_queries(path: str | Path) -> list[LabelledQuery]:
     """Read labelled queries (JSON Lines); a bad line is a DataError naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such queries file")
     out: list[LabelledQuery] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            for name in ("query", "reference"):
-                if not isinstance(row.get(name), str):
-                    raise DataError(f"{where}: field {name!r} must be a string, got {row.get(name)!r:.60}")
-            system = row.get("system")
-            if system is not None and not isinstance(system, str):
-                raise DataError(f"{where}: field 'system' must be a string or absent")
-            qid = row.get("query_id") or query_id_of(row["query"], system)
-            if not isinstance(qid, str):
-                raise DataError(f"{where}: field 'query_id' must be a string")
-            if qid in seen:
-                raise DataError(f"{where}: duplicate query_id {qid!r}")
-            seen.add(qid)
-            out.append(LabelledQuery(qid, row["query"], row["reference"], system))
+    for where, row in iter_json_lines(path, "queries"):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        for name in ("query", "reference"):
+            if not isinstance(row.get(name), str):
+                raise DataError(f"{where}: field {name!r} must be a string, got {row.get(name)!r:.60}")
+        system = row.get("system")
+        if system is not None and not isinstance(system, str):
+            raise DataError(f"{where}: field 'system' must be a string or absent")
+        qid = row.get("query_id") or query_id_of(row["query"], system)
+        if not isinstance(qid, str):
+            raise DataError(f"{where}: field 'query_id' must be a string")
+        if qid in seen:
+            raise DataError(f"{where}: duplicate query_id {qid!r}")
+        seen.add(qid)
+        out.append(LabelledQuery(qid, row["query"], row["reference"], system))
     return out
 
 

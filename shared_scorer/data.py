@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shared_scorer.errors import DataError
 
@@ -55,9 +56,7 @@ def parse_record(row: object, where: str) -> Record:
     for name in ("input_tokens", "output_tokens"):
         value = row.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise DataError(
-                f"{where}: field {name!r} must be a non-negative integer or absent, got {value!r}"
-            )
+            raise DataError(f"{where}: field {name!r} must be a non-negative integer or absent, got {value!r}")
         tokens[name] = value
     for name in ("reference", "system"):
         value = row.get(name)
@@ -84,21 +83,31 @@ def _number(row: dict[str, object], name: str, where: str) -> float:
     return float(value)
 
 
-def iter_records(path: str | Path) -> Iterator[Record]:
-    """Yield the rows of a recorded JSON Lines file, failing on the first bad line with file:line."""
+def iter_json_lines(path: str | Path, what: str = "dataset") -> Iterator[tuple[str, Any]]:
+    """Yield ``(file:line, decoded JSON)`` for each non-blank line; a missing file or a line that is not
+    JSON is a :class:`DataError` naming the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such dataset file")
-    with path.open(encoding="utf-8") as handle:
+        raise DataError(f"{path}: no such {what} file")
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             where = f"{path}:{number}"
             try:
-                row = json.loads(line)
+                yield where, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            yield parse_record(row, where)
+
+
+def iter_records(path: str | Path) -> Iterator[Record]:
+    """Yield the rows of a recorded JSON Lines file, failing on the first bad line with file:line."""
+    for where, row in iter_json_lines(path):
+        yield parse_record(row, where)
 
 
 def load_records(path: str | Path) -> list[Record]:

@@ -5,7 +5,6 @@ the figures of a cache decision on them: duplicate hit rate, wrong-hit share, pr
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from shared_scorer.data import iter_json_lines
 from shared_scorer.errors import DataError
 
 
@@ -34,30 +34,18 @@ def load_pairs(path: str | Path, limit: int | None = None) -> list[Pair]:
     """Read a pairs file; a malformed line is a :class:`DataError` naming ``file:line`` and the field."""
     path = Path(path)
     pairs: list[Pair] = []
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected an object with cached, incoming, duplicate")
-            for field in ("cached", "incoming"):
-                if not isinstance(row.get(field), str) or not row[field].strip():
-                    raise DataError(f"{where}: field {field!r} must be a non-empty string, got {row.get(field)!r:.60}")
-            label = row.get("duplicate")
-            if isinstance(label, bool) or label not in (0, 1):
-                raise DataError(f"{where}: field 'duplicate' must be 0 or 1, got {label!r:.40}")
-            pairs.append(Pair(row["cached"], row["incoming"], bool(label)))
-            if limit is not None and len(pairs) >= limit:
-                break
+    for where, row in iter_json_lines(path, "pairs"):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object with cached, incoming, duplicate")
+        for field in ("cached", "incoming"):
+            if not isinstance(row.get(field), str) or not row[field].strip():
+                raise DataError(f"{where}: field {field!r} must be a non-empty string, got {row.get(field)!r:.60}")
+        label = row.get("duplicate")
+        if isinstance(label, bool) or label not in (0, 1):
+            raise DataError(f"{where}: field 'duplicate' must be 0 or 1, got {label!r:.40}")
+        pairs.append(Pair(row["cached"], row["incoming"], bool(label)))
+        if limit is not None and len(pairs) >= limit:
+            break
     if not pairs:
         raise DataError(f"{path}: no pairs")
     return pairs

@@ -111,9 +111,10 @@ def test_an_interrupted_run_resumes_without_paying_twice(tmp_path: Path, server:
     by_id = {q.query_id: q.query for q in queries}
     names = {SMALL: SMALL, "big": BIG}
     assert not asked_again & {(names[m], by_id[qid]) for qid, m in first}  # nothing answered is paid twice
-    # each missing pair asked once (a connection the cancelled run left broken may cost one transport retry,
-    # which the server logs but never answered: the process-kill case has no such connection)
-    assert len(asked_again) == 12 - len(first) <= server.request_count() <= 13 - len(first)
+    # each missing pair asked once. The server's log may hold up to three more entries, none of them a pair
+    # already answered: one transport retry on a connection the cancelled run left broken, and, on a loaded
+    # machine, the cancelled run's in-flight requests (one per provider) arriving after the wait above.
+    assert len(asked_again) == 12 - len(first) <= server.request_count() <= 15 - len(first)
     assert sent_first - len(first) <= 2  # at most the requests in flight at the interruption were lost
     assert len(load_records(out)) == 12
 

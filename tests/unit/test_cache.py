@@ -252,7 +252,7 @@ def test_malformed_pairs_name_file_and_line(tmp_path):
     with pytest.raises(DataError, match=rf"{path}:3: field 'incoming'"):
         load_pairs(path)
     path.write_text(good + "\n{oops\n")
-    with pytest.raises(DataError, match=rf"{path}:2: not JSON"):
+    with pytest.raises(DataError, match=rf"{path}:2: not valid JSON"):
         load_pairs(path)
     path.write_text(json.dumps({"cached": "a", "incoming": "b", "duplicate": 2}) + "\n")
     with pytest.raises(DataError, match=rf"{path}:1: field 'duplicate'"):
