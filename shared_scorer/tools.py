@@ -49,9 +49,7 @@ class ToolCallValidator:
     def __init__(self, tools: Sequence[ToolSpec], required: str | None = None) -> None:
         self.tools = {tool.name: tool for tool in tools}
         self.required = required
-        self._validators = {
-            tool.name: _compiled(json.dumps(tool.parameters, sort_keys=True)) for tool in tools
-        }
+        self._validators = {tool.name: _compiled(json.dumps(tool.parameters, sort_keys=True)) for tool in tools}
 
     def __call__(self, output: StageOutput) -> str | None:
         if self.required is not None and not output.tool_calls:
@@ -66,15 +64,11 @@ class ToolCallValidator:
             if errors:
                 first = errors[0]
                 path = ".".join(str(p) for p in first.absolute_path) or "arguments"
-                return (
-                    f"tool call {call.name!r}: arguments do not fit its schema: {first.message} (at {path})"
-                )
+                return f"tool call {call.name!r}: arguments do not fit its schema: {first.message} (at {path})"
         return None
 
 
-def parse_arguments(
-    name: str, raw: str | Mapping[str, Any] | None
-) -> tuple[dict[str, Any] | None, str | None]:
+def parse_arguments(name: str, raw: str | Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, str | None]:
     """Parse a tool call's arguments; returns ``(arguments, None)`` or ``(None, reason)``."""
     if raw is None or raw == "":
         return {}, None

@@ -43,9 +43,7 @@ class EchoChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         text, usage = self._reply(messages)
-        message = AIMessage(
-            content=text, usage_metadata=usage, response_metadata={"model_name": self.model_name}
-        )
+        message = AIMessage(content=text, usage_metadata=usage, response_metadata={"model_name": self.model_name})
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _stream(
@@ -61,7 +59,5 @@ class EchoChatModel(BaseChatModel):
             piece = word if i == 0 else " " + word
             yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
         yield ChatGenerationChunk(
-            message=AIMessageChunk(
-                content="", usage_metadata=usage, response_metadata={"model_name": self.model_name}
-            )
+            message=AIMessageChunk(content="", usage_metadata=usage, response_metadata={"model_name": self.model_name})
         )

@@ -37,16 +37,12 @@ def scores_by_answer(table: dict[str, float]):
 
 
 def make(scores: dict[str, float], thresholds=(0.7, 0.6), policy="last") -> Cascade:
-    return Cascade(
-        ["small", "mid", "big"], thresholds, scores_by_answer(scores), prices=PRICES, return_policy=policy
-    )
+    return Cascade(["small", "mid", "big"], thresholds, scores_by_answer(scores), prices=PRICES, return_policy=policy)
 
 
 def test_first_stage_accepted_costs_only_first_stage():
     cascade = make({"a": 0.9})
-    result = cascade.run(
-        "q", [lambda: answer("a"), fail(AssertionError("not called")), fail(AssertionError())]
-    )
+    result = cascade.run("q", [lambda: answer("a"), fail(AssertionError("not called")), fail(AssertionError())])
     assert result.output is not None and result.output.text == "a"
     assert result.answer_stage == 0
     assert [a.status for a in result.attempts] == ["accepted", "not_called", "not_called"]
