@@ -20,7 +20,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from frugal_langchain import _convert
-from shared_scorer.assemble import strategy_settings
+from shared_scorer.assemble import build_from_strategy
 from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator, cascade_for, max_output_tokens_of
 from shared_scorer.costs import CostTracker
 from shared_scorer.errors import ConfigurationError
@@ -117,20 +117,11 @@ class FrugalChatModel(BaseChatModel):
         )
 
     @classmethod
-    def from_strategy(
-        cls,
-        path: str | Path | Strategy,
-        stages: Mapping[str, BaseChatModel],
-        *,
-        scorer: Any = None,
-        max_cost_per_query: float | None = None,
-        target_accuracy: float | None = None,
-        **kwargs: Any,
-    ) -> FrugalChatModel:
+    def from_strategy(cls, path: str | Path | Strategy, stages: Mapping[str, Any], **options: Any) -> FrugalChatModel:
         """Build the cascade a ``frugal fit`` strategy describes, over ``stages[name]`` for each model.
 
         ``max_cost_per_query`` or ``target_accuracy`` picks another point of the saved frontier; other
-        keyword arguments (``budget=``, ``answer_cache=``, ``tenant=`` ...) go to the model.
+        keyword arguments (``scorer=``, ``prices=``, ``budget=``, ``answer_cache=``, ``tenant=`` ...) go to the model.
 
         Example:
             .. code-block:: python
@@ -140,16 +131,8 @@ class FrugalChatModel(BaseChatModel):
                     stages={"gpt-5-mini": ChatOpenAI(model="gpt-5-mini"), "gpt-5": ChatOpenAI(model="gpt-5")},
                 )
         """
-        settings = strategy_settings(
-            path,
-            stages,
-            name_of=stage_name,
-            scorer=scorer,
-            max_cost_per_query=max_cost_per_query,
-            target_accuracy=target_accuracy,
-            prices=kwargs.pop("prices", None),
-        )
-        return cls(**settings, **kwargs)
+        model: FrugalChatModel = build_from_strategy(cls, path, stages, name_of=stage_name, **options)
+        return model
 
     @property
     def cascade(self) -> Cascade:

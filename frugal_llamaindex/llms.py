@@ -24,7 +24,7 @@ from llama_index.core.tools import BaseTool
 from pydantic import Field, PrivateAttr
 
 from frugal_llamaindex import _convert
-from shared_scorer.assemble import strategy_settings
+from shared_scorer.assemble import build_from_strategy
 from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator, cascade_for, max_output_tokens_of
 from shared_scorer.costs import CostTracker
 from shared_scorer.errors import ConfigurationError
@@ -95,34 +95,19 @@ class FrugalLLM(FunctionCallingLLM):
         return "FrugalLLM"
 
     @classmethod
-    def from_strategy(
-        cls,
-        path: str | Path | Strategy,
-        stages: Mapping[str, LLM],
-        *,
-        scorer: Any = None,
-        max_cost_per_query: float | None = None,
-        target_accuracy: float | None = None,
-        **kwargs: Any,
-    ) -> FrugalLLM:
+    def from_strategy(cls, path: str | Path | Strategy, stages: Mapping[str, Any], **options: Any) -> FrugalLLM:
         """Build the cascade a ``frugal fit`` strategy describes, over ``stages[name]`` for each model.
 
-        The same decisions as ``FrugalChatModel.from_strategy`` on the same strategy. Example:
+        The same decisions as ``FrugalChatModel.from_strategy`` on the same strategy. ``max_cost_per_query=``
+        or ``target_accuracy=`` picks another frontier point; ``scorer=`` and ``prices=`` override the saved
+        ones; other keyword arguments go to the model. Example:
 
         .. code-block:: python
 
             llm = FrugalLLM.from_strategy("out/strategy/strategy.json", stages={"gpt-5-mini": OpenAILike(...)})
         """
-        settings = strategy_settings(
-            path,
-            stages,
-            name_of=stage_name,
-            scorer=scorer,
-            max_cost_per_query=max_cost_per_query,
-            target_accuracy=target_accuracy,
-            prices=kwargs.pop("prices", None),
-        )
-        return cls(**settings, **kwargs)
+        model: FrugalLLM = build_from_strategy(cls, path, stages, name_of=stage_name, **options)
+        return model
 
     @property
     def cascade(self) -> Cascade:

@@ -62,6 +62,31 @@ def strategy_settings(
     }
 
 
+def build_from_strategy(
+    cls: Callable[..., Any],
+    path: str | Path | Strategy,
+    stages: Mapping[str, Any],
+    *,
+    name_of: Callable[[Any], str],
+    scorer: Any = None,
+    max_cost_per_query: float | None = None,
+    target_accuracy: float | None = None,
+    prices: Mapping[str, Any] | None = None,
+    **model_options: Any,
+) -> Any:
+    """``cls(**strategy_settings(...), **model_options)``: what both adapters' ``from_strategy`` do."""
+    settings = strategy_settings(
+        path,
+        stages,
+        name_of=name_of,
+        scorer=scorer,
+        max_cost_per_query=max_cost_per_query,
+        target_accuracy=target_accuracy,
+        prices=prices,
+    )
+    return cls(**settings, **model_options)
+
+
 def strategy_id(strategy: Strategy) -> str:
     """A short stable id of the decisions a strategy makes (chain, thresholds, scorer, data)."""
     key = json.dumps(
