@@ -22,6 +22,7 @@ from shared_scorer.cache.features import FeatureVerifier, load_verifier
 from shared_scorer.cache.index import VectorIndex
 from shared_scorer.cache.pairs import Pair, load_pairs, split_pairs
 from shared_scorer.cache.sqlite_store import SQLiteStore
+from shared_scorer.cache.stacked import StackedVerifier
 from shared_scorer.cache.store import CacheStore, Entry, scope_key
 from shared_scorer.cache.verifier import ConservativeVerifier, PairVerifier, Verifier, lexically_same
 
@@ -38,6 +39,7 @@ __all__ = [
     "Pair",
     "PairVerifier",
     "SQLiteStore",
+    "StackedVerifier",
     "VectorIndex",
     "Verifier",
     "as_embedder",

@@ -52,10 +52,17 @@ def add_cache_parsers(subparsers: Any) -> None:
     train.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm", help="the cache's embedder")
     train.add_argument(
         "--kind",
-        choices=("features", "distilbert"),
+        choices=("features", "distilbert", "stacked"),
         default="features",
         help="features: an MLP on the cache's embeddings and lexical checks (fast); distilbert: a fine-tuned "
-        "DistilBERT pair classifier (slow on CPU)",
+        "DistilBERT pair classifier (slow on CPU); stacked: both, combined (the most duplicates served at the "
+        "target wrong-hit share)",
+    )
+    train.add_argument(
+        "--pair-verifier",
+        type=Path,
+        help="with --kind stacked: reuse this distilbert verifier folder (trained on the same pairs) instead of "
+        "training one",
     )
     train.add_argument("--vectors", type=Path, help="precomputed embeddings (.npz of texts and vectors)")
     train.add_argument("--no-progress", action="store_true")
@@ -108,13 +115,23 @@ def run_train_verifier(args: argparse.Namespace) -> int:
     embedder = MemoEmbedder(as_embedder(_embedder(args.embedder)), [], args.vectors)
     started = time.perf_counter()
     verifier: Any
+    if args.kind != "distilbert":
+        train = train[: args.max_pairs] if args.max_pairs else train
     if args.kind == "features":
         from shared_scorer.cache.features import FeatureVerifier
 
-        train = train[: args.max_pairs] if args.max_pairs else train
         verifier, report = FeatureVerifier.train(
             train, embedder=embedder, target_wrong_share=args.target_wrong_share, margin_z=args.margin_z,
             seed=args.seed,
+        )  # fmt: skip
+    elif args.kind == "stacked":
+        from shared_scorer.cache.stacked import StackedVerifier
+        from shared_scorer.cache.verifier import PairVerifier
+
+        pair = PairVerifier.load(args.pair_verifier) if args.pair_verifier else None
+        verifier, report = StackedVerifier.train(
+            train, pair=pair, pair_config=config, embedder=embedder, val_fraction=config.val_fraction,
+            target_wrong_share=args.target_wrong_share, margin_z=args.margin_z, seed=args.seed,
         )  # fmt: skip
     else:
         verifier, report = train_verifier(train, config, embedder=embedder)

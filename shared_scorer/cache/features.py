@@ -217,7 +217,9 @@ class FeatureVerifier(ThresholdedVerifier):
 
 
 def load_verifier(folder: str | Path) -> Any:
-    """A :class:`FeatureVerifier` or :class:`~shared_scorer.cache.verifier.PairVerifier` by its ``verifier.json``."""
+    """A :class:`FeatureVerifier`, :class:`~shared_scorer.cache.stacked.StackedVerifier` or
+    :class:`~shared_scorer.cache.verifier.PairVerifier`, by the format named in its ``verifier.json``."""
+    from shared_scorer.cache import stacked
     from shared_scorer.cache.verifier import PairVerifier
 
     path = Path(folder) / "verifier.json"
@@ -225,4 +227,6 @@ def load_verifier(folder: str | Path) -> Any:
         kind = json.loads(path.read_text(encoding="utf-8")).get("format")
     except (OSError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: missing or unreadable ({exc})") from None
+    if kind == stacked.FORMAT:
+        return stacked.StackedVerifier.load(folder)
     return FeatureVerifier.load(folder) if kind == FORMAT else PairVerifier.load(folder)

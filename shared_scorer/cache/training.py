@@ -41,7 +41,8 @@ class VerifierConfig:
     target_wrong_share: float = 0.05
     margin_z: float = 1.0
     """The wrong-hit share is held to the target with this many standard errors of margin."""
-    calibration: str = "isotonic"
+    calibration: str = "platt"
+    """Platt (monotone: every distinct logit stays a distinct threshold) or isotonic (ties at the top)."""
     max_pairs: int | None = None
     seed: int = 0
     num_threads: int | None = None
@@ -143,10 +144,8 @@ def _fit(verifier: PairVerifier, pairs: list[Pair], config: VerifierConfig) -> N
     bar = tqdm(total=steps, desc="train cache verifier", disable=not config.progress, leave=False)
     net.train()
     for _ in range(config.epochs):
-        order = torch.randperm(len(pairs), generator=generator)
         swap = torch.rand(len(pairs), generator=generator) < 0.5
-        for start in range(0, len(pairs), config.batch_size):
-            index = order[start : start + config.batch_size].tolist()
+        for index in _length_batches(pairs, config.batch_size, generator):
             first = [pairs[i].incoming if swap[i] else pairs[i].cached for i in index]
             second = [pairs[i].cached if swap[i] else pairs[i].incoming for i in index]
             logits = net(**verifier.encode(first, second)).logits.squeeze(-1)
@@ -162,3 +161,21 @@ def _fit(verifier: PairVerifier, pairs: list[Pair], config: VerifierConfig) -> N
     for p in net.parameters():
         p.requires_grad_(True)
     net.eval()
+
+
+def _length_batches(pairs: Sequence[Pair], batch_size: int, generator: Any, window: int = 50) -> list[list[int]]:
+    """Shuffled batches of pairs of similar length (less padding: about a third faster on CPU).
+
+    The pairs are shuffled, cut into windows of ``window`` batches, sorted by length inside each window,
+    batched, and the batches shuffled again, so each batch is still a random draw of similar lengths.
+    """
+    import torch
+
+    order = torch.randperm(len(pairs), generator=generator).tolist()
+    size = batch_size * window
+    batches: list[list[int]] = []
+    for start in range(0, len(order), size):
+        chunk = sorted(order[start : start + size], key=lambda i: len(pairs[i].cached) + len(pairs[i].incoming))
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffled]

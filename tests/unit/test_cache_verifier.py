@@ -105,3 +105,32 @@ def test_feature_verifier_trains_saves_loads_and_serves_through_a_cache(tmp_path
     (folder / "features.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"features\.safetensors: missing"):
         FeatureVerifier.load(folder)
+
+
+def test_stacked_verifier_combines_both_parts_and_round_trips(trained, tmp_path):
+    from shared_scorer.cache import AnswerCache, FeatureVerifier, StackedVerifier, load_verifier
+
+    pair, _ = trained  # trained on pairs(120): the same hash split of fitting and validation pairs
+    verifier, report = StackedVerifier.train(pairs(120), pair=pair, embedder=HashingEmbedder(), seed=0)
+    assert report["kind"] == "stacked" and report["val_pairs"] == len([p for p in pairs(120) if _val(p)])
+    assert report["operating_point"]["threshold"] == verifier.threshold and len(report["weights"]) == 3
+    first, second = ["How do I learn about chess?", "Is rain wet?"], ["How can I learn chess?", "Why is tax so high?"]
+    a, b, c = verifier.weights
+    z = a * pair.logits(first, second) + b * np.log(
+        (p := np.clip(verifier.features.probabilities(first, second).astype(float), 1e-7, 1 - 1e-7)) / (1 - p)
+    )
+    assert np.allclose(verifier.probabilities(first, second), 1 / (1 + np.exp(-(z + c))))
+    folder = verifier.save(tmp_path / "stacked")
+    assert sorted(p.name for p in folder.iterdir()) == ["features", "pair", "verifier.json"]
+    cache = AnswerCache(embedder=HashingEmbedder(), verifier=folder)  # load_verifier dispatches on the format
+    assert isinstance(cache.verifier, StackedVerifier) and isinstance(cache.verifier.features, FeatureVerifier)
+    assert np.allclose(cache.verifier.probabilities(first, second), verifier.probabilities(first, second))
+    (folder / "verifier.json").write_text('{"format": "frugal-cache-stacked-verifier/1", "weights": [1]}')
+    with pytest.raises(CheckpointError, match=r"verifier\.json: corrupt stacked verifier"):
+        load_verifier(folder)
+
+
+def _val(pair: Pair) -> bool:
+    from shared_scorer.cache.training import _in_validation
+
+    return _in_validation(pair, 0.15)
