@@ -53,6 +53,7 @@ def to_output(message: BaseMessage) -> StageOutput:
         tool_calls=calls,
         payload=message,
         problems=problems,
+        truncated=message.response_metadata.get("finish_reason") == "length",
     )
     return output
 

@@ -18,9 +18,10 @@ from typing import Any
 from langchain_openai import ChatOpenAI
 
 from frugal_langchain.chat_models import FrugalChatModel
+from shared_scorer.caps import split_cap
 from shared_scorer.costs import PriceSpec, resolve_price
 from shared_scorer.data import Record
-from shared_scorer.errors import ConfigurationError, DataError
+from shared_scorer.errors import CascadeError, ConfigurationError, DataError
 from shared_scorer.replay import ReplayServer
 from shared_scorer.scoring.base import Scorer
 
@@ -84,23 +85,33 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run the cascade over the dataset's queries and return the figures as a JSON-ready dict."""
     known = {r.model for r in records}
-    missing = [m for m in chain if m not in known]
+    models = [split_cap(m) for m in chain]  # "model@N": the model with its output capped at N tokens
+    missing = [m for m, _ in models if m not in known]
     if missing:
         raise ConfigurationError(f"chain models not in the dataset: {missing}; it has {sorted(known)}")
-    queries = complete_queries(records, chain)[:limit]
+    queries = complete_queries(records, [m for m, _ in models])[:limit]
     if not queries:
         raise DataError("no query was answered by every model of the chain")
     label = {(r.query_id, r.model): r.correct for r in records}
     all_models = sorted(known, key=lambda m: str(m))
     with ReplayServer(records) as server:
         stages = [
-            ChatOpenAI(model=m, base_url=server.base_url, api_key="replay", max_retries=0, timeout=30) for m in chain
+            ChatOpenAI(model=m, base_url=server.base_url, api_key="replay", max_retries=0, timeout=30, max_tokens=cap)
+            for m, cap in models
         ]
         llm = FrugalChatModel(stages=stages, scorer=scorer, thresholds=list(thresholds), prices=dict(prices))
-        messages = llm.batch([q.query for q in queries], config={"max_concurrency": concurrency})
+        # a query every stage failed on (e.g. cut at every cap) is an exception here: it counts as wrong
+        messages = llm.batch(
+            [q.query for q in queries], config={"max_concurrency": concurrency}, return_exceptions=True
+        )
     correct = 0.0
     answered_by: dict[str, int] = defaultdict(int)
     for query, message in zip(queries, messages, strict=True):
+        if isinstance(message, CascadeError):
+            answered_by["(no answer)"] += 1
+            continue
+        if isinstance(message, BaseException):
+            raise message
         model = message.response_metadata["frugal"]["model"]
         answered_by[model] += 1
         correct += label[(query.query_id, model)]

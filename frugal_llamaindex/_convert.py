@@ -91,7 +91,20 @@ def to_output(response: ChatResponse) -> StageOutput:
         tool_calls=tuple(calls),
         payload=response,
         problems=tuple(problems),
+        truncated=_finish_reason(response) == "length",
     )
+
+
+def _finish_reason(response: ChatResponse) -> str | None:
+    """The provider's ``finish_reason`` of the first choice, when the raw reply carries one."""
+    choices = getattr(response.raw, "choices", None)
+    if choices is None and isinstance(response.raw, dict):
+        choices = response.raw.get("choices")
+    if not choices:
+        return None
+    first = choices[0]
+    reason = first.get("finish_reason") if isinstance(first, dict) else getattr(first, "finish_reason", None)
+    return reason if isinstance(reason, str) else None
 
 
 def tool_specs(tools: Sequence[BaseTool]) -> list[ToolSpec]:

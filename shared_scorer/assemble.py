@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from shared_scorer.caps import apply_cap, split_cap
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.scoring.base import ScoreRequest, as_scorer
 from shared_scorer.strategy import Strategy
@@ -38,14 +39,18 @@ def strategy_settings(
     strategy = path if isinstance(path, Strategy) else Strategy.load(path)
     if max_cost_per_query is not None or target_accuracy is not None:
         strategy = strategy.select(budget=max_cost_per_query, target_accuracy=target_accuracy)
-    chain = list(strategy.chain)
+    chain = [split_cap(m)[0] for m in strategy.chain]  # provider models; "model@N" caps its output at N tokens
     missing = [m for m in chain if m not in stages]
     if missing:
         where = f" ({strategy.path})" if strategy.path else ""
         raise ConfigurationError(
-            f"the strategy{where} chains {chain}; no model given for {missing} (stages= has {sorted(stages)})"
+            f"the strategy{where} chains {list(strategy.chain)}; no model given for {missing} "
+            f"(stages= has {sorted(stages)})"
         )
-    models = [stages[m] for m in chain]
+    models = []
+    for entry, model in zip(strategy.chain, chain, strict=True):
+        cap = split_cap(entry)[1]
+        models.append(stages[model] if cap is None else apply_cap(stages[model], cap, model))
     if scorer is None:
         from shared_scorer.scoring.distilbert import DistilBertScorer
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from shared_scorer.caps import add_capped_columns
 from shared_scorer.costs import PriceSpec
 from shared_scorer.data import Record
 from shared_scorer.errors import ConfigurationError
@@ -135,10 +136,12 @@ def bench(
     _, complete = _complete(test_rows, models)
     values = score_rows(result.scorer, complete)
     scores = {(r.query_id, r.model): float(v) for r, v in zip(complete, values, strict=True)}
-    _, test_table = build_table(complete, models, scores, prices)
+    test_ids, plain_test = build_table(complete, models, scores, prices)
+    caps = result.strategy.info.get("caps") or {}
+    test_table, _ = add_capped_columns(plain_test, test_ids, complete, caps, prices)
     score_seconds = time.perf_counter() - t0
-    singles = single_models(test_table)
-    train_singles = single_models(result.table)
+    singles = single_models(plain_test)
+    train_singles = [s for s in single_models(result.table) if s["model"] in set(models)]
     best = next(s for s in singles if s["model"] == best_single(train_singles)["model"])
     frontier = frontier_on(test_table, result.strategy.frontier)
     train_best_cost = next(s for s in train_singles if s["model"] == best["model"])["cost_per_query"]
@@ -146,6 +149,7 @@ def bench(
         "train_queries": result.table.n,
         "test_queries": test_table.n,
         "models": models,
+        "caps": caps,
         "single_models": singles,
         "frontier": frontier,
         "test_pareto": [

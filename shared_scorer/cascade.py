@@ -514,6 +514,8 @@ def _check_output(output: StageOutput) -> str | None:
         return f"stage returned {type(output).__name__}, expected StageOutput"
     if output.problems:
         return "; ".join(output.problems)
+    if output.truncated:
+        return "cut at the output-token limit (finish_reason 'length')"
     if not output.text.strip() and not output.tool_calls:
         return "empty answer: no text and no tool calls"
     return None

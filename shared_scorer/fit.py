@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from shared_scorer.caps import add_capped_columns, choose_caps
 from shared_scorer.costs import PriceSpec, resolve_price
 from shared_scorer.crossfit import TopLayerConfig, cross_fit_top_layer
 from shared_scorer.data import Record, fingerprint, models_of
@@ -74,6 +75,9 @@ class FitConfig:
     """Objective: highest accuracy with mean cost per query at most this (USD)."""
     target_accuracy: float | None = None
     """Objective: lowest cost with accuracy at least this."""
+    caps: str | list[int] = "auto"
+    """Output-token caps searched per model (see :mod:`shared_scorer.caps`): ``auto`` (each model's output
+    quantiles), ``none``, or a list of token counts."""
     seed: int = 0
     design: str = "top-layer"
     """``top-layer``: cross-fit the top layer on cached frozen states (see :mod:`shared_scorer.crossfit`);
@@ -222,7 +226,8 @@ def fit(
         trainer = train or distilbert_trainer(config.train)
         oof = cross_fit(rows, config.folds, config.seed, trainer, progress)
         seconds["cross_fit"] = time.perf_counter() - started
-    ids, table = build_table(rows, models, oof, prices)
+    ids, plain = build_table(rows, models, oof, prices)
+    table, cap_info = add_capped_columns(plain, ids, rows, choose_caps(rows, models, config.caps), prices)
     started = time.perf_counter()
     frontier: Frontier = search(
         table,
@@ -248,10 +253,12 @@ def fit(
         "design": config.design if train is None else "custom trainer",
         "max_depth": config.max_depth,
         "candidates": config.candidates,
+        "caps": cap_info["caps"],
+        "caps_skipped": cap_info["skipped"],
         "cost_source": "prices x tokens" if prices else "recorded cost_usd",
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "scorer_metrics": getattr(scorer, "metrics", {}),
-        "out_of_fold_auroc": _aurocs(table),
+        "out_of_fold_auroc": _aurocs(plain),
     }
     strategy = Strategy.from_frontier(
         frontier,

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from shared_scorer.errors import ConfigurationError
+
 SubParsers = Any
 
 
@@ -93,6 +95,11 @@ def _add_fit(subparsers: SubParsers, name: str) -> None:
     )
     p.add_argument("--top-lr", type=float, default=3e-4, help="learning rate of the top layer (head: 1e-3)")
     p.add_argument("--candidates", choices=("grid", "quantiles", "both"), default="both")
+    p.add_argument(
+        "--caps",
+        default="auto",
+        help="output-token caps searched per model: auto (each model's output quantiles), none, or e.g. 1000,3000",
+    )
     p.add_argument("--backbone", default="minilm", help="scorer backbone (minilm, tiny-random, folder, hub name)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-length", type=int, default=96)
@@ -123,12 +130,20 @@ def _config(args: argparse.Namespace) -> Any:
         folds=args.folds,
         max_depth=args.max_depth,
         candidates=args.candidates,
+        caps=args.caps if args.caps in ("auto", "none") else _caps(args.caps),
         models=[m.strip() for m in args.models.split(",") if m.strip()] if args.models else None,
         budget=args.budget,
         target_accuracy=args.target_accuracy,
         seed=args.seed,
         train=train,
     )
+
+
+def _caps(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigurationError(f"--caps must be auto, none or comma-separated token counts, got {text!r}") from None
 
 
 def _prices(path: Path | None) -> tuple[Any, Any]:

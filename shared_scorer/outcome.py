@@ -38,6 +38,8 @@ class StageOutput:
     payload: Any = None
     problems: tuple[str, ...] = ()
     """Why the adapter found the reply malformed (e.g. tool-call arguments that do not parse)."""
+    truncated: bool = False
+    """The provider cut the reply at its output-token limit (``finish_reason: "length"``): not an answer."""
 
 
 @dataclass

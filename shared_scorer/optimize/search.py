@@ -80,12 +80,29 @@ class Table:
     scores: np.ndarray
     correct: np.ndarray
     costs: np.ndarray
+    valid: np.ndarray | None = None
+    """``valid[i, m]`` False: the answer is unusable (e.g. cut at an output cap); it always escalates, and
+    at the last stage it counts as wrong. ``None``: every answer is usable."""
+    base: tuple[str, ...] | None = None
+    """The provider model behind each column (``model@cap`` columns share their model's); a chain never
+    calls one provider model twice. ``None``: every column is its own model."""
 
     @classmethod
-    def of(cls, models: Sequence[str], scores: np.ndarray, correct: np.ndarray, costs: np.ndarray) -> Table:
+    def of(
+        cls,
+        models: Sequence[str],
+        scores: np.ndarray,
+        correct: np.ndarray,
+        costs: np.ndarray,
+        valid: np.ndarray | None = None,
+        base: Sequence[str] | None = None,
+    ) -> Table:
         """Validate shapes and ranges; a bad table is a :class:`DataError` naming the array."""
         arrays = {}
-        for name, value in (("scores", scores), ("correct", correct), ("costs", costs)):
+        named = [("scores", scores), ("correct", correct), ("costs", costs)]
+        if valid is not None:
+            named.append(("valid", valid))
+        for name, value in named:
             array = np.asarray(value, dtype=float)
             if array.ndim != 2 or array.shape[1] != len(models):
                 raise DataError(f"{name} must have shape (queries, {len(models)}), got {array.shape}")
@@ -103,7 +120,19 @@ class Table:
             raise DataError("scores must lie in [0, 1]")
         if (arrays["costs"] < 0).any():
             raise DataError("costs must be >= 0")
-        return cls(tuple(models), s, arrays["correct"], arrays["costs"])
+        if base is not None and len(base) != len(models):
+            raise DataError(f"base must name one model per column ({len(models)}), got {len(base)}")
+        mask = None if valid is None else arrays["valid"].astype(bool)
+        if mask is not None and (arrays["correct"][~mask] != 0).any():
+            raise DataError("an invalid answer cannot be correct (correct must be 0 where valid is False)")
+        return cls(tuple(models), s, arrays["correct"], arrays["costs"], mask, None if base is None else tuple(base))
+
+    def usable(self, m: int) -> np.ndarray:
+        """Which queries have a usable answer from column ``m``."""
+        return np.ones(self.n, dtype=bool) if self.valid is None else self.valid[:, m]
+
+    def same_model(self, a: int, b: int) -> bool:
+        return a == b or (self.base is not None and self.base[a] == self.base[b])
 
     @property
     def n(self) -> int:
@@ -144,7 +173,7 @@ def evaluate_chain(table: Table, chain: Sequence[str], thresholds: Sequence[floa
         reach.append(float(active.mean()))
         cost += float(table.costs[active, m].sum())
         last = level == len(idx) - 1
-        accept = active if last else active & (table.scores[:, m] >= thresholds[level])
+        accept = active if last else active & table.usable(m) & (table.scores[:, m] >= thresholds[level])
         correct += float(table.correct[accept, m].sum())
         active &= ~accept
     return ChainFigures(correct / table.n, cost / table.n, tuple(reach))
@@ -194,7 +223,8 @@ def search(
     max_depth = min(max_depth, n_models)
     if isinstance(candidates, str):
         cands = [
-            candidate_thresholds(table.scores[:, m], candidates, grid_points, max_quantiles) for m in range(n_models)
+            candidate_thresholds(table.scores[table.usable(m), m], candidates, grid_points, max_quantiles)
+            for m in range(n_models)
         ]
     else:
         if len(candidates) != n_models:
@@ -203,7 +233,11 @@ def search(
         if any(len(c) == 0 or c.min() < 0 or c.max() > 1 for c in cands):
             raise ConfigurationError("candidate thresholds must be non-empty and lie in [0, 1]")
     sizes = [len(c) for c in cands]
-    bins = [np.searchsorted(cands[m], table.scores[:, m], side="right").astype(np.int64) for m in range(n_models)]
+    # an unusable answer sits in bin 0: it escalates under every threshold
+    bins = [
+        np.where(table.usable(m), np.searchsorted(cands[m], table.scores[:, m], side="right"), 0).astype(np.int64)
+        for m in range(n_models)
+    ]
     total_correct = table.correct.sum(axis=0)
     total_cost = table.costs.sum(axis=0)
     found = _Found([], [], [], [], [])
@@ -220,7 +254,7 @@ def search(
             )
         window = tuple(slice(0, d - 1) for d in dims)
         for m in range(n_models):
-            if m in chain:
+            if any(table.same_model(m, c) for c in chain):
                 continue
             new_correct = correct[..., None] + _reach_sums(
                 flat, dims, table.correct[:, m] - table.correct[:, last], window
@@ -266,6 +300,8 @@ def brute_force_points(
     out = []
     for depth in range(1, min(max_depth, len(table.models)) + 1):
         for chain in itertools.permutations(range(len(table.models)), depth):
+            if any(table.same_model(a, b) for a, b in itertools.combinations(chain, 2)):
+                continue
             grids = [np.unique(np.asarray(candidates[m], dtype=float)) for m in chain[:-1]]
             for thresholds in itertools.product(*grids):
                 names = tuple(table.models[m] for m in chain)
@@ -273,7 +309,8 @@ def brute_force_points(
                 for i in range(table.n):
                     for level, m in enumerate(chain):
                         cost += table.costs[i, m]
-                        if level == depth - 1 or table.scores[i, m] >= thresholds[level]:
+                        usable = table.valid is None or table.valid[i, m]
+                        if level == depth - 1 or (usable and table.scores[i, m] >= thresholds[level]):
                             correct += table.correct[i, m]
                             break
                 out.append((names, tuple(float(t) for t in thresholds), correct / table.n, cost / table.n))

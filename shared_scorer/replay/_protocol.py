@@ -40,9 +40,13 @@ class Reply:
     tool_calls: tuple[ToolCall, ...] = ()
     usage: tuple[int, int] | None = None
     """``(prompt_tokens, completion_tokens)``, or None to leave ``usage`` out of the response."""
+    truncated: bool = False
+    """Cut at the request's output-token limit (``finish_reason: "length"``)."""
 
     @property
     def finish_reason(self) -> str:
+        if self.truncated:
+            return "length"
         return "tool_calls" if self.tool_calls else "stop"
 
 

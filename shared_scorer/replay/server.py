@@ -252,10 +252,7 @@ class ReplayServer:
             if record is None:
                 message = f"No recorded answer of model `{model}` for the query {query[:80]!r}."
                 return Response.error(404, message, "invalid_request_error", "query_not_found")
-            usage = None
-            if record.input_tokens is not None and record.output_tokens is not None:
-                usage = (record.input_tokens, record.output_tokens)
-            reply = Reply(content=record.answer, usage=usage)
+            reply = recorded_reply(record, output_limit(body))
         with self._lock:
             first = self._tool_calls + 1
             self._tool_calls += len(reply.tool_calls)
@@ -314,3 +311,23 @@ class ReplayServer:
                 self.clear_requests()
             return Response.json(200, {"requests": [entry._asdict() for entry in self.requests]})
         return Response.error(404, f"No route for {method} {parts.path}.", "invalid_request_error", None)
+
+
+def output_limit(body: dict[str, Any]) -> int | None:
+    """The request's output-token limit (``max_completion_tokens``, else ``max_tokens``), if any."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def recorded_reply(record: Record, limit: int | None) -> Reply:
+    """The recorded answer, or, when it used more output tokens than ``limit``, what a provider sends
+    when a reasoning model hits the limit: no content, ``finish_reason: "length"``, ``limit`` tokens billed."""
+    usage = None
+    if record.input_tokens is not None and record.output_tokens is not None:
+        usage = (record.input_tokens, record.output_tokens)
+        if limit is not None and record.output_tokens > limit:
+            return Reply(content="", usage=(record.input_tokens, limit), truncated=True)
+    return Reply(content=record.answer, usage=usage)

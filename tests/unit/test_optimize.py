@@ -64,6 +64,25 @@ def test_search_equals_brute_force_on_the_same_candidates(seed: int) -> None:
                 frontier.select(budget=float(budget))
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_capped_columns_equal_brute_force(seed: int) -> None:
+    """Columns with unusable answers (cut at an output cap) and columns sharing a provider model."""
+    plain = random_table(seed, n=10 + seed, models=4)
+    rng = np.random.default_rng(100 + seed)
+    valid = rng.random(plain.scores.shape) < 0.7
+    base = ["a", "a", "b", "c"]  # m0 and m1 are one model at two caps: never both in a chain
+    table = Table.of(plain.models, plain.scores, plain.correct * valid, plain.costs, valid=valid, base=base)
+    candidates = [candidate_thresholds(table.scores[:, m], "quantiles") for m in range(4)]
+    frontier = search(table, max_depth=3, candidates=candidates)
+    assert flat(frontier) == pytest.approx(brute_frontier(table, 3, candidates), abs=1e-12)
+    assert not any({"m0", "m1"} <= set(p.chain) for p in frontier)
+    brute = {(p[0], p[1]): (p[2], p[3]) for p in brute_force_points(table, 3, candidates)}
+    for point in frontier:
+        assert brute[(point.chain, point.thresholds)] == pytest.approx((point.accuracy, point.cost), abs=1e-12)
+    with pytest.raises(DataError, match="invalid answer cannot be correct"):
+        Table.of(plain.models, plain.scores, plain.correct, plain.costs, valid=valid)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_search_equals_brute_force_on_the_reference_grid(seed: int) -> None:
     rng = np.random.default_rng(100 + seed)
