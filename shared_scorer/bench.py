@@ -128,7 +128,7 @@ def bench(
     started = time.perf_counter()
     config = config or FitConfig()
     result = fit(train_records, out, config, prices=prices, price_table=price_table, train=train, progress=progress)
-    models = list(result.table.models)
+    models = list(dict.fromkeys(result.table.base or result.table.models))  # provider models, not model@cap
     if progress:
         progress(f"scoring the test split with the final scorer ({len(test_records)} rows)")
     t0 = time.perf_counter()

@@ -137,3 +137,53 @@ def test_one_strategy_gives_the_same_decisions_through_both_adapters(fitted: Any
 
     assert [decisions(t) for t in lc] == [decisions(t) for t in li]
     assert sum(t["cost_usd"] for t in lc) == sum(t["cost_usd"] for t in li)
+
+
+def test_a_capped_chain_entry_sets_max_tokens_and_escalates_cut_replies(fitted: Any) -> None:
+    from dataclasses import replace
+
+    result, out = fitted
+    strategy = replace(result.strategy, chain=("cheap@300", "big"), thresholds=(0.0,))
+    strategy.save(out / "capped.json")
+    with replay_server(records()) as server:
+        stages = {
+            m: ChatOpenAI(model=m, base_url=server.base_url, api_key="x", max_retries=0, timeout=5) for m in MODELS
+        }
+        llm = FrugalChatModel.from_strategy(out / "capped.json", stages=stages, prices=PRICES)
+        assert [(s.model_name, s.max_tokens) for s in llm.stages] == [("cheap", 300), ("big", None)]
+        assert stages["cheap"].max_tokens is None  # the given model is copied, not changed
+        reply = llm.invoke("Question number 4: what is 4 squared?")
+        first, second = reply.response_metadata["frugal"]["stages"]
+        # every recorded reply used 500 output tokens: cut at 300, it escalates although the threshold is 0
+        assert first["status"] == "invalid" and first["output_tokens"] == 300
+        assert second["status"] == "accepted" and reply.content == "16"
+    with pytest.raises(ConfigurationError, match="caps cheap at 300 output tokens, but object has no max_tokens"):
+        FrugalChatModel.from_strategy(out / "capped.json", stages={"cheap": object(), "big": object()})
+
+
+def test_bench_searches_output_caps_and_reports_provider_models_as_singles(tmp_path: Path) -> None:
+    from shared_scorer.bench import bench
+
+    def rows(prefix: str) -> list[Record]:
+        out = []
+        for r in records():
+            i = int(r.query_id[1:])
+            tokens = (4000 if i % 4 == 0 else 200) if r.model == "big" else 500  # big rambles on every 4th
+            out.append(Record(f"{prefix}{r.query_id}", r.query, r.model, r.answer, r.correct, 0.0, 10, tokens))
+        return out
+
+    config = FitConfig(
+        folds=2,
+        train=TrainConfig(backbone="tiny-random", max_length=32, batch_size=16, progress=False, num_threads=1),
+        top=TopLayerConfig(epochs=1),
+    )
+    report = bench(rows("train-"), rows("test-"), tmp_path, config, prices=PRICES)
+    assert report["models"] == ["cheap", "mid", "big"] and report["caps"] == {"big": [200]}
+    assert [s["model"] for s in report["single_models"]] == ["cheap", "mid", "big"]
+    big = next(s for s in report["single_models"] if s["model"] == "big")
+    assert big["cost_per_query"] == pytest.approx((10 * 50 + (6 * 4000 + 18 * 200) / 24 * 50) / 1e6)
+    capped = [p for p in report["frontier"] if "big@200" in p["chain"]]
+    assert capped, "a cheaper capped big model should be on the frontier"
+    alone = next(p for p in capped if p["chain"] == ["big@200"])
+    # cut on every 4th query: right on the 18 others, at 10 + 200 tokens each
+    assert (alone["accuracy"], alone["cost_per_query"]) == pytest.approx((18 / 24, (10 + 200) * 50 / 1e6))

@@ -354,3 +354,29 @@ def test_bad_construction_fails_at_once(server, kwargs, error, message):
 def test_missing_scorer_is_a_validation_error():
     with pytest.raises(ValidationError, match="scorer"):
         FrugalChatModel(stages=[GenericFakeChatModel(messages=iter([]))], thresholds=[])
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_stage_cut_at_its_output_cap_escalates_and_pays_the_capped_tokens(server, streaming):
+    # SMALL's recorded answer used 3 output tokens: capped at 2, the provider cuts it (finish_reason "length")
+    llm = FrugalChatModel(
+        stages=[chat(server, SMALL, max_tokens=2, stream_usage=True), chat(server, BIG, stream_usage=True)],
+        scorer=by_answer({"Charles Dickens": 1.0}),
+        thresholds=[0.7],
+        prices=PRICES,
+    )
+    message = "".join(c.text for c in llm.stream(QUESTION)) if streaming else llm.invoke(QUESTION).text
+    assert message == "George Eliot"
+    trail = llm.cost_tracker.summary()
+    assert trail["escalations"] == 1 and trail["total_cost_usd"] == cost(SMALL, 12, 2) + cost(BIG, 12, 4)
+    first = llm.invoke(QUESTION).response_metadata["frugal"]["stages"][0]
+    assert first["status"] == "invalid" and "output-token limit" in first["error"]
+    assert (first["output_tokens"], first["cost_usd"]) == (2, cost(SMALL, 12, 2))
+    # a cap the answer fits under changes nothing
+    roomy = FrugalChatModel(
+        stages=[chat(server, SMALL, max_tokens=3), chat(server, BIG)],
+        scorer=by_answer({"Charles Dickens": 1.0}),
+        thresholds=[0.7],
+        prices=PRICES,
+    )
+    assert roomy.invoke(QUESTION).text == "Charles Dickens"

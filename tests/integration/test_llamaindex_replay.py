@@ -268,3 +268,17 @@ def test_works_as_settings_llm_with_mock_stages():
         assert Settings.llm.complete("abc").additional_kwargs["frugal"]["stage"] == 0
     finally:
         Settings._llm = previous
+
+
+def test_a_stage_cut_at_its_output_cap_escalates_and_pays_the_capped_tokens(server):
+    llm = FrugalLLM(
+        stages=[like(server, SMALL, max_tokens=2), like(server, BIG)],
+        scorer=lambda q, a: 1.0,
+        thresholds=[0.7],
+        prices=PRICES,
+    )
+    response = llm.chat([ChatMessage(role="user", content=QUESTION)])
+    assert response.message.content == "George Eliot"
+    first = response.additional_kwargs["frugal"]["stages"][0]
+    assert first["status"] == "invalid" and "output-token limit" in first["error"]
+    assert llm.cost_tracker.summary()["total_cost_usd"] == cost(SMALL, 12, 2) + cost(BIG, 12, 4)
