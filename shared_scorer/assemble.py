@@ -39,7 +39,7 @@ def strategy_settings(
     strategy = path if isinstance(path, Strategy) else Strategy.load(path)
     if max_cost_per_query is not None or target_accuracy is not None:
         strategy = strategy.select(budget=max_cost_per_query, target_accuracy=target_accuracy)
-    chain = [split_cap(m)[0] for m in strategy.chain]  # provider models; "model@N" caps its output at N tokens
+    chain = strategy.provider_models  # "model@N" entries: model, its output capped at N tokens
     missing = [m for m in chain if m not in stages]
     if missing:
         where = f" ({strategy.path})" if strategy.path else ""

@@ -96,6 +96,14 @@ class Strategy:
         )
 
     @property
+    def provider_models(self) -> list[str]:
+        """The chain's provider models, without output caps (``model@N`` is ``model``): the keys
+        ``from_strategy``'s ``stages=`` needs."""
+        from shared_scorer.caps import split_cap
+
+        return [split_cap(m)[0] for m in self.chain]
+
+    @property
     def models(self) -> list[str]:
         """Every model that appears somewhere on the frontier."""
         return list(dict.fromkeys(m for p in self.frontier for m in p.chain))

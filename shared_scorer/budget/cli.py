@@ -97,7 +97,6 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"frugal serve needs 'frugal-cascade[serve,langchain]': {exc}") from None
     from frugal_langchain.serve import load_keys, make_app
     from shared_scorer.budget import Budget, LedgerCostTracker, open_ledger
-    from shared_scorer.caps import split_cap
     from shared_scorer.strategy import Strategy
 
     keys = load_keys(args.keys)
@@ -109,7 +108,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     def factory(budget: Budget | None) -> Any:
         stages = {
             model: ChatOpenAI(model=model, base_url=args.stages_base_url, api_key=api_key, max_tokens=args.max_tokens)
-            for model in dict.fromkeys(split_cap(m)[0] for m in strategy.chain)  # "model@N": from_strategy caps it
+            for model in dict.fromkeys(strategy.provider_models)  # "model@N" entries: from_strategy caps them
         }
         return FrugalChatModel.from_strategy(
             strategy, stages, cost_tracker=LedgerCostTracker(ledger), budget=budget, on_budget=args.on_budget

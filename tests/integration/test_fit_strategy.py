@@ -145,6 +145,7 @@ def test_a_capped_chain_entry_sets_max_tokens_and_escalates_cut_replies(fitted: 
     result, out = fitted
     strategy = replace(result.strategy, chain=("cheap@300", "big"), thresholds=(0.0,))
     strategy.save(out / "capped.json")
+    assert strategy.provider_models == ["cheap", "big"]
     with replay_server(records()) as server:
         stages = {
             m: ChatOpenAI(model=m, base_url=server.base_url, api_key="x", max_retries=0, timeout=5) for m in MODELS
