@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -483,7 +483,7 @@ def _live(live_last: LiveStream) -> Generator[Any, None, _Called]:
             emitted = True
             yield chunk
     except StopIteration as stop:
-        return _Called(stop.value, None, _ms(started))
+        return _Called(_kept(stop.value), None, _ms(started))
     except Exception as exc:
         if emitted:
             raise
@@ -506,7 +506,15 @@ async def _alive(live_last: AsyncLiveStream, box: list[_Called]) -> AsyncIterato
     if not done:
         box.append(_Called(None, RuntimeError("live stream ended without an output"), _ms(started)))
     else:
-        box.append(_Called(done[0], None, _ms(started)))
+        box.append(_Called(_kept(done[0]), None, _ms(started)))
+
+
+def _kept(output: Any) -> Any:
+    """A live-streamed reply cut at its output limit whose text the caller already received is kept as
+    the answer (it cannot be taken back); one with no text is still invalid, and the cascade falls back."""
+    if isinstance(output, StageOutput) and output.truncated and output.text.strip():
+        return replace(output, truncated=False)
+    return output
 
 
 def _check_output(output: StageOutput) -> str | None:

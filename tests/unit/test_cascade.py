@@ -255,6 +255,32 @@ def test_stream_live_failure_after_a_chunk_raises():
         next(stream)
 
 
+def test_a_cut_reply_escalates_unless_its_text_was_already_streamed_live():
+    from dataclasses import replace
+
+    cascade = make({"a": 0.1, "b": 0.4})
+    cut = replace(answer("partial", 10, 2), truncated=True)
+    # buffered: a reply cut at its output limit is not an answer, even with a high score
+    high = make({"partial": 0.99, "b": 0.4})
+    result = high.run("q", [lambda: cut, lambda: answer("b"), lambda: answer("c")])
+    assert result.attempts[0].status == "invalid" and "output-token limit" in result.attempts[0].error
+    assert result.answer_stage == 2
+
+    def live():
+        yield "partial"
+        return cut
+
+    items = list(cascade.stream("q", [lambda: answer("a"), lambda: answer("b"), None], live))
+    assert items[0] == "partial" and items[-1].answer_stage == 2 and not items[-1].fallback
+
+    def live_empty():
+        yield ""
+        return replace(answer("", 10, 2), truncated=True)
+
+    items = list(cascade.stream("q", [lambda: answer("a"), lambda: answer("b"), None], live_empty))
+    assert items[-1].answer_stage == 1 and items[-1].fallback
+
+
 def test_tracker_totals_by_model_and_stage():
     cascade = make({"a": 0.9, "x": 0.1, "b": 0.9})
     cascade.run("q1", [lambda: answer("a"), None, None])
