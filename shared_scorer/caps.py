@@ -23,7 +23,7 @@ import numpy as np
 
 from shared_scorer.costs import PriceSpec, UnknownPriceError, resolve_price
 from shared_scorer.data import Record
-from shared_scorer.errors import ConfigurationError, DataError
+from shared_scorer.errors import ConfigurationError
 from shared_scorer.optimize import Table
 
 AUTO_QUANTILES = (0.5, 0.65, 0.8, 0.9, 0.95)
@@ -151,10 +151,3 @@ def apply_cap(model: Any, cap: int, name: str = "") -> Any:
     if isinstance(current, int) and current < cap:
         return model
     return model.model_copy(update={"max_tokens": int(cap)})
-
-
-def check_capped_names(names: Sequence[str]) -> None:
-    """A chain never calls one model twice (even at two caps)."""
-    bases = [split_cap(n)[0] for n in names]
-    if len(set(bases)) != len(bases):
-        raise DataError(f"a chain calls one model twice: {list(names)}")

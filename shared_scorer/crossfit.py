@@ -32,7 +32,14 @@ import numpy as np
 from shared_scorer.data import Record, fingerprint
 from shared_scorer.errors import ConfigurationError, DataError, ScorerError
 from shared_scorer.scoring.signals import Stacker, answer_signals, cross_fitted, fit_stacker
-from shared_scorer.scoring.training import Calibrator, TrainConfig, auroc, config_json, fit_calibrator
+from shared_scorer.scoring.training import (
+    Calibrator,
+    TrainConfig,
+    auroc,
+    config_json,
+    fit_calibrator,
+    length_batches,
+)
 
 
 @dataclass
@@ -222,7 +229,7 @@ class TopLayerTrainer:
         with torch_threads(self.config.num_threads), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for _ in range(self.top.epochs):
-                for batch in self._batches(index, size, generator):
+                for batch in length_batches(index, lambda i: len(self.ids[i]), size, generator):
                     logits = top_layer_logits(self.net, *self._batch(batch), training=True)
                     loss = loss_fn(logits, self.targets[batch])
                     optimizer.zero_grad(set_to_none=True)
@@ -232,17 +239,6 @@ class TopLayerTrainer:
                     bar.update(1)
         bar.close()
         return self._trainable_state()
-
-    def _batches(self, index: list[int], size: int, generator: Any) -> list[list[int]]:
-        import torch
-
-        order = [index[i] for i in torch.randperm(len(index), generator=generator).tolist()]
-        chunk = size * 50
-        batches: list[list[int]] = []
-        for start in range(0, len(order), chunk):
-            part = sorted(order[start : start + chunk], key=lambda i: len(self.ids[i]))
-            batches.extend(part[i : i + size] for i in range(0, len(part), size))
-        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
     def logits(self, state: list[dict[str, Any]], rows: Sequence[int] | range) -> np.ndarray:
         """Raw logits of the given row indices under a trained state."""

@@ -23,6 +23,7 @@ from shared_scorer.cache.features import FeatureVerifier
 from shared_scorer.cache.pairs import Pair, hit_figures
 from shared_scorer.cache.verifier import PairVerifier, ThresholdedVerifier, choose_operating_point
 from shared_scorer.errors import CheckpointError, DataError
+from shared_scorer.scoring.training import sigmoid
 
 FORMAT = "frugal-cache-stacked-verifier/1"
 
@@ -62,15 +63,14 @@ class StackedVerifier(ThresholdedVerifier):
         """Hand the cache's embedder to the feature part (called by :class:`AnswerCache`)."""
         self.features.use_embedder(embedder)
 
-    def combine(self, pair_logits: np.ndarray, feature_probs: np.ndarray) -> np.ndarray:
+    def combine(self, pair_logits: np.ndarray, feature_logits: np.ndarray) -> np.ndarray:
         a, b, c = self.weights
-        z = a * np.asarray(pair_logits, dtype=float) + b * _logit(feature_probs) + c
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))  # type: ignore[no-any-return]
+        return sigmoid(a * np.asarray(pair_logits, dtype=float) + b * np.asarray(feature_logits, dtype=float) + c)
 
     def probabilities(self, first: Sequence[str], second: Sequence[str]) -> np.ndarray:
         if not first:
             return np.zeros(0)
-        return self.combine(self.pair.logits(first, second), self.features.probabilities(first, second))
+        return self.combine(self.pair.logits(first, second), _logit(self.features.probabilities(first, second)))
 
     # ------------------------------------------------------------------ training and persistence
 
@@ -114,7 +114,7 @@ class StackedVerifier(ThresholdedVerifier):
         combiner = LogisticRegression(C=1.0).fit(x, y)
         weights = [*map(float, combiner.coef_[0]), float(combiner.intercept_[0])]
         verifier = cls(pair, features, weights, threshold=1.0, min_similarity=1.0)
-        probs = verifier.combine(x[:, 0], 1.0 / (1.0 + np.exp(-x[:, 1])))
+        probs = verifier.combine(x[:, 0], x[:, 1])
         vectors = model.embed([t for p in val for t in (p.cached, p.incoming)])
         sims = np.einsum("ij,ij->i", vectors[0::2], vectors[1::2])
         point = choose_operating_point(probs, sims, y, target_wrong_share=target_wrong_share, z=margin_z)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -134,11 +134,11 @@ class Calibrator:
             x, y = np.asarray(self.params["x"], float), np.asarray(self.params["y"], float)
             out = np.interp(z, x, y)
         elif self.method == "platt":
-            out = _sigmoid(self.params["a"] * z + self.params["b"])
+            out = sigmoid(self.params["a"] * z + self.params["b"])
         elif self.method == "temperature":
-            out = _sigmoid(z / self.params["t"])
+            out = sigmoid(z / self.params["t"])
         else:
-            out = _sigmoid(z)
+            out = sigmoid(z)
         return np.clip(out, 0.0, 1.0)
 
     def to_json(self) -> dict[str, Any]:
@@ -154,7 +154,8 @@ class Calibrator:
         return cls(data["method"], params)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """The logistic function, clipped so that large logits do not overflow."""
     return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
 
@@ -176,7 +177,7 @@ def fit_calibrator(method: str, logits: np.ndarray, labels: np.ndarray) -> Calib
         return Calibrator("platt", {"a": a, "b": b})
     if method == "temperature":
         grid = np.exp(np.linspace(math.log(0.05), math.log(20.0), 400))
-        losses = [_nll(_sigmoid(z / t), y) for t in grid]
+        losses = [_nll(sigmoid(z / t), y) for t in grid]
         return Calibrator("temperature", {"t": float(grid[int(np.argmin(losses))])})
     raise ConfigurationError(f"calibration must be one of {CALIBRATIONS}, got {method!r}")
 
@@ -190,7 +191,7 @@ def _fit_logistic_1d(z: np.ndarray, y: np.ndarray, steps: int = 200) -> tuple[fl
     """Platt scaling by Newton's method on soft labels (with a tiny ridge for separable data)."""
     a, b = 1.0, 0.0
     for _ in range(steps):
-        p = _sigmoid(a * z + b)
+        p = sigmoid(a * z + b)
         w = p * (1 - p) + 1e-9
         grad = np.array([((p - y) * z).sum() + 1e-3 * a, (p - y).sum()])
         hess = np.array([[(w * z * z).sum() + 1e-3, (w * z).sum()], [(w * z).sum(), w.sum()]])
@@ -284,24 +285,17 @@ def _fit_one(
 ) -> Any:
     import torch
     from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
     from shared_scorer.scoring.distilbert import predict_logits
 
     if not train_rows:
         raise DataError(f"no training rows for {label!r}")
-    _freeze(net, config.freeze_layers)
+    freeze(net, config.freeze_layers)
     encoded = encoder.encode_records(train_rows)
     targets = torch.tensor([r.correct for r in train_rows], dtype=torch.float32)
-    head = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("distilbert.")]
-    body = [p for n, p in net.named_parameters() if p.requires_grad and n.startswith("distilbert.")]
-    optimizer = torch.optim.AdamW(
-        [{"params": body, "lr": config.lr}, {"params": head, "lr": config.head_lr}],
-        weight_decay=config.weight_decay,
-    )
     steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
     total = steps_per_epoch * config.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total), total)
+    optimizer, scheduler = optimizer_for(net, config, total)
     generator = torch.Generator().manual_seed(config.seed)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     eval_at = _eval_points(steps_per_epoch, config.evals_per_epoch)
@@ -310,16 +304,13 @@ def _fit_one(
     bar = tqdm(total=total, desc=f"train {label}", disable=not config.progress, leave=False)
     stop = False
     for _epoch in range(config.epochs):
-        for step, batch in enumerate(_batches(encoded, config.batch_size, generator), start=1):
+        batches = length_batches(range(len(encoded)), lambda i: len(encoded[i]), config.batch_size, generator)
+        for step, batch in enumerate(batches, start=1):
             net.train()
             inputs = encoder.collate([encoded[i] for i in batch])
             logits = net(**inputs).logits.squeeze(-1)
             loss = loss_fn(logits, targets[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
+            descend(net, optimizer, scheduler, loss)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", val_auroc=f"{best[0]:.3f}")
             if step not in eval_at:
@@ -354,7 +345,7 @@ def _val_figures(net: Any, encoder: Any, rows: list[Record], batch_size: int, pr
         return 0.0, 0.0
     logits = predict(net, encoder, rows, batch_size)
     labels = np.array([r.correct for r in rows])
-    loss = _nll(_sigmoid(logits), labels)
+    loss = _nll(sigmoid(logits), labels)
     values = []
     for model in dict.fromkeys(r.model for r in rows):
         idx = [i for i, r in enumerate(rows) if r.model == model]
@@ -364,21 +355,54 @@ def _val_figures(net: Any, encoder: Any, rows: list[Record], batch_size: int, pr
     return (round(float(np.mean(values)), 6) if values else 0.0), -loss
 
 
-def _batches(encoded: list[list[int]], batch_size: int, generator: Any) -> list[list[int]]:
-    """Shuffled batches of similar lengths: shuffle, sort chunks of 50 batches by length, shuffle batches."""
+def length_batches(
+    index: Sequence[int], length: Callable[[int], int], batch_size: int, generator: Any, window: int = 50
+) -> list[list[int]]:
+    """Shuffled batches of items of similar length (less padding: about a third faster on CPU).
+
+    The items of ``index`` are shuffled, cut into windows of ``window`` batches, sorted by ``length``
+    inside each window, batched, and the batches shuffled again: each batch is still a random draw.
+    """
     import torch
 
-    order = torch.randperm(len(encoded), generator=generator).tolist()
-    chunk = batch_size * 50
+    order = [index[i] for i in torch.randperm(len(index), generator=generator).tolist()]
+    size = batch_size * window
     batches: list[list[int]] = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start : start + chunk], key=lambda i: len(encoded[i]))
+    for start in range(0, len(order), size):
+        part = sorted(order[start : start + size], key=length)
         batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-    perm = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in perm]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-def _freeze(net: Any, layers: int) -> None:
+def optimizer_for(net: Any, config: Any, total_steps: int) -> tuple[Any, Any]:
+    """AdamW over the trainable parameters (the body at ``config.lr``, the head at ``config.head_lr``)
+    and a linear schedule with ``config.warmup_fraction`` warm-up."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    head = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("distilbert.")]
+    body = [p for n, p in net.named_parameters() if p.requires_grad and n.startswith("distilbert.")]
+    optimizer = torch.optim.AdamW(
+        [{"params": body, "lr": config.lr}, {"params": head, "lr": config.head_lr}],
+        weight_decay=config.weight_decay,
+    )
+    warmup = int(config.warmup_fraction * total_steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+def descend(net: Any, optimizer: Any, scheduler: Any, loss: Any) -> None:
+    """One optimisation step: backward, clip gradients at norm 1, step, advance the schedule."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+
+
+def freeze(net: Any, layers: int) -> None:
+    """Freeze the embeddings and the ``layers`` lowest transformer layers (at most all but the top one)."""
     if layers <= 0:
         return
     layers = min(layers, len(net.distilbert.transformer.layer) - 1)
