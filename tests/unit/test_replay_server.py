@@ -465,7 +465,8 @@ def test_module_entry_point_serves_until_interrupted(tmp_path: Path) -> None:
         assert httpx.get(f"{base_url}/models").json()["data"][0]["id"] == "m"
     finally:
         process.send_signal(2)  # SIGINT, as Ctrl-C
-        assert process.wait(timeout=5) == 0
+        # stop() is bounded (at most ~8 s: idle wait 2 s, thread join 5 s); allow for a loaded CI machine
+        assert process.wait(timeout=30) == 0
 
 
 def test_real_recorded_rows_round_trip() -> None:
