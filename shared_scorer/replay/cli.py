@@ -78,9 +78,11 @@ def serve_forever_cli(
     def on_term(signum: int, frame: FrameType | None) -> None:
         stopped.set()
 
-    previous = None
+    # Ctrl-C and SIGTERM both stop it; SIGINT is set explicitly because a process started in the
+    # background of a non-interactive shell inherits SIGINT ignored (and would never stop on Ctrl-C)
+    previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, on_term)
+        previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(server.base_url, flush=True)
         print(
@@ -97,8 +99,8 @@ def serve_forever_cli(
         pass
     finally:
         server.stop()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 
