@@ -238,7 +238,10 @@ class Cascade:
         yield _Store(query, output.text, context, attempt.model, attempt.score, result.cost_usd)
 
     def _price(self, attempt: Attempt, output: StageOutput) -> None:
-        attempt.usage_reported = output.input_tokens is not None and output.output_tokens is not None
+        attempt.usage_estimated = bool(output.usage_estimated)
+        attempt.usage_reported = (
+            output.input_tokens is not None and output.output_tokens is not None and not attempt.usage_estimated
+        )
         attempt.input_tokens = output.input_tokens or 0
         attempt.output_tokens = output.output_tokens or 0
         attempt.cost_usd = self.prices[attempt.stage].cost(attempt.input_tokens, attempt.output_tokens)

@@ -155,6 +155,7 @@ class CostTracker:
             self._by_stage: dict[int, _Totals] = {}
             self._answered_by_stage: dict[int, int] = {}
             self._missing_usage = 0
+            self._estimated_usage = 0
             self._cache_hits = 0
             self._cache_saved = Decimal(0)
             self._budget_stops = 0
@@ -193,7 +194,9 @@ class CostTracker:
             self._by_stage.setdefault(attempt.stage, _Totals()).add(
                 attempt.cost_usd, attempt.input_tokens, attempt.output_tokens
             )
-            if not attempt.usage_reported:
+            if attempt.usage_estimated:
+                self._estimated_usage += 1
+            elif not attempt.usage_reported:
                 self._missing_usage += 1
 
     @property
@@ -219,6 +222,7 @@ class CostTracker:
                 "by_stage": {s: t.as_dict() for s, t in sorted(self._by_stage.items())},
                 "answered_by_stage": dict(sorted(self._answered_by_stage.items())),
                 "stage_calls_without_usage": self._missing_usage,
+                "stage_calls_with_estimated_usage": self._estimated_usage,
                 "cache_hits": self._cache_hits,
                 "cache_saved_usd": self._cache_saved,
                 "budget_stops": self._budget_stops,

@@ -40,6 +40,9 @@ class StageOutput:
     """Why the adapter found the reply malformed (e.g. tool-call arguments that do not parse)."""
     truncated: bool = False
     """The provider cut the reply at its output-token limit (``finish_reason: "length"``): not an answer."""
+    usage_estimated: bool = False
+    """The token counts are the adapter's estimate (see :mod:`shared_scorer.tokens`), not the provider's
+    report; the stage is still billed on them."""
 
 
 @dataclass
@@ -54,6 +57,9 @@ class Attempt:
     input_tokens: int = 0
     output_tokens: int = 0
     usage_reported: bool = False
+    """The provider reported both token counts."""
+    usage_estimated: bool = False
+    """The token counts (and so the cost) are an estimate: the provider reported none."""
     cost_usd: Decimal = Decimal(0)
     latency_ms: float = 0.0
     error: str | None = None
@@ -73,6 +79,7 @@ class Attempt:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "usage_reported": self.usage_reported,
+            "usage_estimated": self.usage_estimated,
             "cost_usd": self.cost_usd,
             "latency_ms": round(self.latency_ms, 3),
             "error": self.error,
