@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shared_scorer.budget.ledger import Charge, Denial, SpendRecord
 from shared_scorer.errors import ConfigurationError, LedgerError
@@ -81,6 +82,29 @@ return {redis.call('GET', p .. ':spent:' .. key) or '0', redis.call('GET', p .. 
 )
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password (``redis://user:PASSWORD@host``, or a ``?password=`` parameter) shown as ``***``.
+
+    >>> redact_url("redis://:s3cret@10.0.0.5:6379/0")
+    'redis://:***@10.0.0.5:6379/0'
+    """
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            credentials, host = netloc.rsplit("@", 1)
+            if ":" in credentials:  # "user:password@host"; a user name alone ("user@host") is no secret
+                netloc = f"{credentials.split(':', 1)[0]}:***@{host}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            if any(key.lower() == "password" for key, _ in pairs):
+                query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "<unparseable Redis URL>"
+
+
 class RedisLedger:
     """A ledger in Redis, shared by every process and machine that opens the same URL and prefix.
 
@@ -93,7 +117,9 @@ class RedisLedger:
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "frugal", client: Any = None) -> None:
-        self.url = url
+        self._url = url
+        self.url = redact_url(url)
+        """Where the ledger is, its password (if any) shown as ``***``: safe for messages and logs."""
         self.prefix = prefix
         if client is None:
             try:
@@ -102,7 +128,10 @@ class RedisLedger:
                 raise ConfigurationError(
                     "the Redis ledger needs the 'redis' package: pip install 'frugal-cascade[redis]'"
                 ) from None
-            client = redis.Redis.from_url(url, decode_responses=True)
+            try:
+                client = redis.Redis.from_url(url, decode_responses=True)
+            except ValueError as exc:  # redis-py's message quotes the URL: do not pass it on
+                raise ConfigurationError(f"bad Redis ledger URL {self.url}: {_redacted(str(exc), url)}") from None
         self._client = client
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
@@ -159,7 +188,23 @@ class RedisLedger:
         try:
             return fn()
         except redis.exceptions.RedisError as exc:
-            raise LedgerError(f"Redis ledger at {self.url} (prefix {self.prefix!r}): {exc}") from exc
+            message = _redacted(f"{type(exc).__name__}: {exc}", self._url)
+            raise LedgerError(f"Redis ledger at {self.url} (prefix {self.prefix!r}): {message}") from exc
 
     def __repr__(self) -> str:
         return f"RedisLedger({self.url!r}, prefix={self.prefix!r})"
+
+    __str__ = __repr__
+
+
+def _redacted(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` (if it has one) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        secrets = [parts.password] + [v for k, v in parse_qsl(parts.query) if k.lower() == "password"]
+    except ValueError:
+        return "(details withheld: the URL does not parse)"
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text.replace(url, redact_url(url))

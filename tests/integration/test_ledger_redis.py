@@ -114,3 +114,36 @@ def test_unreachable_redis_is_a_clear_error():
     url = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(LedgerError, match=f"Redis ledger at {url}"):
         RedisLedger(url).figures("a")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "redis://:s3cret@127.0.0.1:{port}/0",
+        "redis://ops:s3cret@127.0.0.1:{port}/0",
+        "redis://127.0.0.1:{port}/0?password=s3cret",
+    ],
+)
+def test_password_never_appears_in_errors_or_reprs(template, caplog):
+    require(importlib.util.find_spec("redis") is not None, "the redis package is not installed (pip install redis)")
+    from shared_scorer.budget import open_ledger
+    from shared_scorer.budget.redis_ledger import RedisLedger, redact_url
+    from shared_scorer.budget.redis_server import free_port
+
+    port = free_port()  # nothing listens there: every call fails
+    url = template.format(port=port)
+    ledger = open_ledger(url)
+    assert isinstance(ledger, RedisLedger)
+    texts = [repr(ledger), str(ledger), redact_url(url)]
+    for call in (lambda: ledger.figures("a"), lambda: ledger.records(), lambda: ledger.settle("r", ["a"], 1)):
+        with pytest.raises(LedgerError) as info:
+            call()
+        texts += [str(info.value), repr(info.value), str(info.value.__cause__)]
+        assert f"127.0.0.1:{port}" in str(info.value), "the error still names where"
+    budget = Budget(ledger, [Limit("tenant", "1")])
+    with pytest.raises(LedgerError) as info:
+        budget.status(Scope("acme"))
+    texts.append(str(info.value))
+    assert [t for t in texts if "s3cret" in t] == []
+    assert "s3cret" not in caplog.text
+    assert redact_url(url) == template.format(port=port).replace("s3cret", "***")
