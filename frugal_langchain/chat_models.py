@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
+from uuid import UUID, uuid4
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -17,6 +19,7 @@ from langchain_core.language_models.chat_models import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import ensure_config
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from frugal_langchain import _convert
@@ -30,6 +33,12 @@ from shared_scorer.tools import ToolCallValidator
 
 _FORWARDED = ("temperature", "max_tokens")
 _OWN_KWARGS = ("tools", "tool_choice", "model", "parallel_tool_calls")
+_STREAM_RUN = "frugal_stream_run"
+"""The keyword ``stream``/``astream`` hand ``_stream``/``_astream`` the call's config and run id under:
+langchain-core calls ``_stream`` without its run manager, and the call's scope and child runs need it."""
+_RunManager = CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun
+_RUN_MANAGER: ContextVar[tuple[object, _RunManager | None] | None] = ContextVar("frugal_run_manager", default=None)
+"""The run manager of the ``invoke`` in progress, for ``_stream`` when ``invoke`` streams internally."""
 
 
 class FrugalChatModel(BaseChatModel):
@@ -196,6 +205,88 @@ class FrugalChatModel(BaseChatModel):
             raise ConfigurationError(f"unsupported arguments to with_structured_output: {sorted(kwargs)}")
         return super().with_structured_output(schema, include_raw=include_raw)
 
+    # ------------------------------------------------------------------ the call's run
+
+    def stream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:  # fmt: skip
+        config, kwargs = self._with_stream_run(config, kwargs, asynchronous=False)
+        return super().stream(input, config, stop=stop, **kwargs)
+
+    def astream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:  # fmt: skip
+        config, kwargs = self._with_stream_run(config, kwargs, asynchronous=True)
+        return super().astream(input, config, stop=stop, **kwargs)
+
+    def _with_stream_run(
+        self, config: RunnableConfig | None, kwargs: dict[str, Any], *, asynchronous: bool
+    ) -> tuple[RunnableConfig | None, dict[str, Any]]:
+        """Fix the stream's run id in its config and hand both to ``_stream`` (see ``_STREAM_RUN``)."""
+        if not self._should_stream(async_api=asynchronous, **{**kwargs, "stream": True}):
+            return config, kwargs  # langchain-core falls back to invoke, which passes the run manager
+        config = ensure_config(config)
+        config["run_id"] = config.get("run_id") or uuid4()
+        return config, {**kwargs, _STREAM_RUN: (config, config["run_id"])}
+
+    def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        kwargs.pop(_STREAM_RUN, None)
+        return super()._get_invocation_params(stop=stop, **kwargs)
+
+    def _generate_with_cache(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        token = _RUN_MANAGER.set((self, run_manager))
+        try:
+            return super()._generate_with_cache(messages, stop, run_manager, **kwargs)
+        finally:
+            _RUN_MANAGER.reset(token)
+
+    async def _agenerate_with_cache(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        token = _RUN_MANAGER.set((self, run_manager))
+        try:
+            return await super()._agenerate_with_cache(messages, stop, run_manager, **kwargs)
+        finally:
+            _RUN_MANAGER.reset(token)
+
+    def _streaming_run(self, stop: list[str] | None, kwargs: dict[str, Any], *, asynchronous: bool) -> Any:
+        """The run manager of a ``stream``/``astream`` call (rebuilt as langchain-core built it from the call's
+        config and run id) or of the ``invoke`` that streams internally; ``None`` when there is neither."""
+        run: tuple[RunnableConfig, UUID] | None = kwargs.pop(_STREAM_RUN, None)
+        if run is None:
+            current = _RUN_MANAGER.get()
+            return current[1] if current is not None and current[0] is self else None
+        config, run_id = run
+        metadata = {**(config.get("metadata") or {}), **self._get_ls_params_with_defaults(stop=stop, **kwargs)}
+        configure = AsyncCallbackManager.configure if asynchronous else CallbackManager.configure
+        manager = configure(
+            config.get("callbacks"), self.callbacks, self.verbose, config.get("tags"), self.tags, metadata,
+            self.metadata,
+        )  # fmt: skip
+        run_cls = AsyncCallbackManagerForLLMRun if asynchronous else CallbackManagerForLLMRun
+        return run_cls(
+            run_id=run_id,
+            handlers=manager.handlers,
+            inheritable_handlers=manager.inheritable_handlers,
+            parent_run_id=manager.parent_run_id,
+            tags=manager.tags,
+            inheritable_tags=manager.inheritable_tags,
+            metadata=manager.metadata,
+            inheritable_metadata=manager.inheritable_metadata,
+        )
+
     # ------------------------------------------------------------------ one call
 
     def _prepare(
@@ -270,6 +361,8 @@ class FrugalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        emit = run_manager  # langchain-core reports the tokens itself unless it hands us the run manager
+        run_manager = run_manager or self._streaming_run(stop, kwargs, asynchronous=False)
         call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
         children = self._children(kwargs)
         configs = _child_configs(run_manager, len(children))
@@ -278,10 +371,10 @@ class FrugalChatModel(BaseChatModel):
         streamed = False
         for item in self._cascade.stream(_convert.query_text(messages), calls, live, validate, context):
             if isinstance(item, CascadeResult):
-                yield self._emit(_convert.closing_chunk(item, with_answer=not streamed), run_manager)
+                yield self._emit(_convert.closing_chunk(item, with_answer=not streamed), emit)
             else:
                 streamed = True
-                yield self._emit(_convert.strip_chunk(item), run_manager)
+                yield self._emit(_convert.strip_chunk(item), emit)
 
     async def _astream(
         self,
@@ -290,6 +383,8 @@ class FrugalChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        emit = run_manager  # langchain-core reports the tokens itself unless it hands us the run manager
+        run_manager = run_manager or self._streaming_run(stop, kwargs, asynchronous=True)
         call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
         children = self._children(kwargs)
         configs = _child_configs(run_manager, len(children))
@@ -302,8 +397,8 @@ class FrugalChatModel(BaseChatModel):
             else:
                 streamed = True
                 chunk = _convert.strip_chunk(item)
-            if run_manager is not None:
-                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            if emit is not None:
+                await emit.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
 
     @staticmethod
