@@ -7,12 +7,10 @@ models are graded on the same queries, so the figures compare like with like.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from langchain_openai import ChatOpenAI
@@ -21,6 +19,7 @@ from frugal_langchain.chat_models import FrugalChatModel
 from shared_scorer.caps import split_cap
 from shared_scorer.costs import PriceSpec, resolve_price
 from shared_scorer.data import Record
+from shared_scorer.data import load_prices as load_prices  # re-exported: the parser lives in the core
 from shared_scorer.errors import CascadeError, ConfigurationError, DataError
 from shared_scorer.replay import ReplayServer
 from shared_scorer.scoring.base import Scorer
@@ -31,23 +30,6 @@ class ModelFigures:
     model: str
     accuracy: float
     cost_per_query_usd: Decimal
-
-
-def load_prices(path: str | Path) -> dict[str, PriceSpec]:
-    """A prices file: ``{model: {"input_per_mtok": x, "output_per_mtok": y}}`` (USD per million tokens)."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot read prices ({exc})") from None
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a JSON object of model -> prices")
-    prices: dict[str, PriceSpec] = {}
-    for model, spec in raw.items():
-        if not isinstance(spec, dict) or not {"input_per_mtok", "output_per_mtok"} <= set(spec):
-            raise DataError(f"{path}: model {model!r} needs 'input_per_mtok' and 'output_per_mtok'")
-        prices[model] = (str(spec["input_per_mtok"]), str(spec["output_per_mtok"]))
-    return prices
 
 
 def complete_queries(records: Sequence[Record], models: Sequence[str]) -> list[Record]:

@@ -59,8 +59,13 @@ def _add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from frugal_langchain.evaluate import evaluate, format_table, load_prices, single_model_figures
-    from shared_scorer.data import load_records, models_of
+    try:
+        from frugal_langchain.evaluate import evaluate, format_table, single_model_figures
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"frugal eval replays through LangChain: pip install 'frugal-cascade[langchain]' ({exc})"
+        ) from None
+    from shared_scorer.data import load_prices, load_records, models_of
 
     records = load_records(args.data)
     prices_path = args.prices or args.data.resolve().parent.parent / "prices.json"

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from shared_scorer.costs import Price, as_price, resolve_price
-from shared_scorer.data import iter_json_lines, parse_record
+from shared_scorer.data import decode_line, iter_json_lines, parse_record
 from shared_scorer.errors import ConfigurationError, DataError
 from shared_scorer.metrics import Metric
 
@@ -180,22 +180,29 @@ class _Store:
         if not self.path.is_file():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             return
-        text = self.path.read_text(encoding="utf-8")
-        lines = text.split("\n")
+        data = self.path.read_bytes()
+        raw_lines = data.split(b"\n")
         keep: list[str] = []
-        for number, line in enumerate(lines, start=1):
+        for number, raw in enumerate(raw_lines, start=1):
+            last = number >= len(raw_lines) - 1  # the last line may be cut short by an interruption
+            try:
+                line = decode_line(raw, f"{self.path}:{number}")
+            except DataError:
+                if last:
+                    continue
+                raise
             if not line.strip():
                 continue
             try:
                 record = parse_record(json.loads(line), f"{self.path}:{number}")
             except json.JSONDecodeError:
-                if number >= len(lines) - 1:  # the last line, cut short by an interruption
+                if last:
                     continue
                 raise DataError(f"{self.path}:{number}: not valid JSON (not a collect output file?)") from None
             self.done.add((record.query_id, record.model))
             self.spent_before += Decimal(str(record.cost_usd))
             keep.append(line)
-        if len(keep) != sum(1 for x in lines if x.strip()) or (text and not text.endswith("\n")):
+        if len(keep) != sum(1 for x in raw_lines if x.strip()) or (data and not data.endswith(b"\n")):
             self.path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
 
     def append(self, row: Mapping[str, Any]) -> None:

@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -90,18 +91,74 @@ def iter_json_lines(path: str | Path, what: str = "dataset") -> Iterator[tuple[s
     if not path.is_file():
         raise DataError(f"{path}: no such {what} file")
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     with handle:
-        for number, line in enumerate(handle, start=1):
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            line = decode_line(raw, where)
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def decode_line(raw: bytes, where: str) -> str:
+    """One line of a JSON Lines file as text; bytes that are not UTF-8 are a :class:`DataError` naming
+    ``where`` (``file:line``), the byte and its column.
+
+    >>> decode_line(b"caf\\xc3\\xa9", "x.jsonl:1")
+    'café'
+    >>> decode_line(b"caf\\xe9", "x.jsonl:2")
+    Traceback (most recent call last):
+    ...
+    shared_scorer.errors.DataError: x.jsonl:2: not UTF-8 text (byte 0xe9 at column 4)
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+
+
+def load_prices(path: str | Path) -> dict[str, tuple[str, str]]:
+    """A prices file: ``{model: {"input_per_mtok": x, "output_per_mtok": y}}`` (USD per million tokens).
+
+    Returns ``{model: (input_per_mtok, output_per_mtok)}`` as exact decimal strings, the shape
+    ``resolve_price`` takes; a bad file is a :class:`DataError` naming the file and the model.
+
+    >>> import json, tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+    ...     json.dump({"gpt-x": {"input_per_mtok": 0.25, "output_per_mtok": 2}}, f)
+    >>> load_prices(f.name)
+    {'gpt-x': ('0.25', '2')}
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read prices ({exc})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a JSON object of model -> prices")
+    prices: dict[str, tuple[str, str]] = {}
+    for model, spec in raw.items():
+        if not isinstance(spec, dict) or not {"input_per_mtok", "output_per_mtok"} <= set(spec):
+            raise DataError(f"{path}: model {model!r} needs 'input_per_mtok' and 'output_per_mtok'")
+        pair = []
+        for name in ("input_per_mtok", "output_per_mtok"):
+            value = spec[name]
+            try:
+                valid = isinstance(value, int | float | str) and not isinstance(value, bool)
+                number = Decimal(str(value)) if valid else None
+            except ArithmeticError:
+                number = None
+            if number is None or not number.is_finite() or number < 0:
+                raise DataError(f"{path}: model {model!r} field {name!r} must be a number >= 0, got {value!r:.40}")
+            pair.append(str(value))
+        prices[model] = (pair[0], pair[1])
+    return prices
 
 
 def iter_records(path: str | Path) -> Iterator[Record]:

@@ -149,11 +149,11 @@ def _caps(text: str) -> list[int]:
 def _prices(path: Path | None) -> tuple[Any, Any]:
     if path is None:
         return None, None
-    from frugal_langchain.evaluate import load_prices
+    from shared_scorer.data import load_prices
 
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    table = {m: {k: str(v) for k, v in spec.items()} for m, spec in raw.items() if isinstance(spec, dict)}
-    return load_prices(path), table
+    prices = load_prices(path)  # validated: a bad file is a DataError naming it
+    table = {m: {"input_per_mtok": i, "output_per_mtok": o} for m, (i, o) in prices.items()}
+    return prices, table
 
 
 def _say(quiet: bool) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 
 def add_train_scorer_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``train-scorer`` on an ``argparse`` sub-parser set; the handler is ``run_train_scorer``."""
+    """Register ``train-scorer`` on an ``argparse`` sub-parser set; ``args.run`` is ``run_train_scorer``."""
     from shared_scorer.scoring.training import CALIBRATIONS, TrainConfig
 
     defaults = TrainConfig()
@@ -35,7 +35,7 @@ def add_train_scorer_parser(subparsers: Any) -> argparse.ArgumentParser:
     variant = parser.add_mutually_exclusive_group()
     variant.add_argument("--per-model", dest="per_model", action="store_true", help="one network per model")
     variant.add_argument("--shared", dest="per_model", action="store_false", help="one model-aware network")
-    parser.set_defaults(per_model=defaults.per_model, handler=run_train_scorer)
+    parser.set_defaults(per_model=defaults.per_model, run=run_train_scorer)
     parser.add_argument("--models", nargs="+", default=None, help="train for these candidate models only")
     parser.add_argument("--no-progress", action="store_true")
     return parser

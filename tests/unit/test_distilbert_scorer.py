@@ -230,7 +230,7 @@ def test_cli_train_scorer(tmp_path, capsys) -> None:
             "--no-progress",
         ]
     )
-    assert args.handler(args) == 0
+    assert args.run(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["variant"] == "per-model" and list(report["validation"]) == ["big-model"]
     assert DistilBertScorer.load(tmp_path / "out").models == ["big-model"]
