@@ -41,7 +41,11 @@ def add_budget_parsers(subparsers: argparse._SubParsersAction) -> None:  # type:
         description="Read a ledger's records and print spend by model, stage, tenant, user and day, escalation "
         "rates, cache hits and their saving, and the estimated saving against always calling the last stage.",
     )
-    report.add_argument("--ledger", required=True, help="sqlite:///PATH, a SQLite file or redis://HOST:PORT/DB")
+    report.add_argument(
+        "--ledger",
+        required=True,
+        help="sqlite:///REL.db or sqlite:////ABS.db (SQLAlchemy style), a SQLite file path or redis://HOST:PORT/DB",
+    )
     report.add_argument("--png", type=Path, help="also draw the figures as a PNG chart here")
     report.add_argument("--json", type=Path, help="also write the figures as JSON here")
     report.add_argument("--since-days", type=float, help="only records of the last N days")
@@ -69,9 +73,7 @@ def add_budget_parsers(subparsers: argparse._SubParsersAction) -> None:  # type:
 def _existing_ledger(spec: str) -> Any:
     from shared_scorer.budget import open_ledger
 
-    if "://" not in spec and spec != "memory:" and not Path(spec).is_file():
-        raise ConfigurationError(f"ledger {spec!r} does not exist")
-    return open_ledger(spec)
+    return open_ledger(spec, must_exist=True)  # a report never creates an empty ledger
 
 
 def _run_report(args: argparse.Namespace) -> int:

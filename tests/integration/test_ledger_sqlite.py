@@ -6,7 +6,10 @@ import multiprocessing
 from decimal import Decimal
 from pathlib import Path
 
-from shared_scorer.budget import Budget, BudgetExceeded, Charge, Limit, SQLiteLedger
+import pytest
+
+from shared_scorer.budget import Budget, BudgetExceeded, Charge, Limit, SQLiteLedger, open_ledger
+from shared_scorer.errors import ConfigurationError
 from shared_scorer.hooks import CallContext, Scope
 
 LIMIT_NANO = 10_000
@@ -73,3 +76,28 @@ def test_budget_over_sqlite_from_several_processes(tmp_path: Path) -> None:
     assert status.held_usd == 0
     assert Decimal("0.91") < status.spent_usd <= Decimal(1)
     assert status.spent_usd % Decimal("0.01") == 0
+
+
+def test_sqlite_urls_follow_sqlalchemy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sqlite:///ledger.db`` is relative to the working folder; ``sqlite:////abs/path`` is absolute."""
+    monkeypatch.chdir(tmp_path)
+    relative = open_ledger("sqlite:///ledger.db")
+    assert isinstance(relative, SQLiteLedger) and relative.path == Path("ledger.db")
+    assert (tmp_path / "ledger.db").is_file()
+    relative.close()
+    absolute = open_ledger(f"sqlite:///{tmp_path}/abs.db")  # tmp_path starts with "/": four slashes
+    assert isinstance(absolute, SQLiteLedger) and absolute.path == tmp_path / "abs.db"
+    absolute.close()
+    for bad in ("sqlite://", "sqlite:///", "sqlite://host/ledger.db"):
+        with pytest.raises(ConfigurationError, match=r"sqlite:///relative\.db or sqlite:////absolute/path\.db"):
+            open_ledger(bad)
+
+
+def test_must_exist_creates_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for spec in ("sqlite:///missing.db", "missing.db", f"sqlite:///{tmp_path}/missing.db"):
+        with pytest.raises(ConfigurationError, match=r"ledger '.*missing\.db' does not exist"):
+            open_ledger(spec, must_exist=True)
+    assert list(tmp_path.iterdir()) == []
+    open_ledger("sqlite:///there.db").close()
+    assert isinstance(open_ledger("sqlite:///there.db", must_exist=True), SQLiteLedger)

@@ -137,7 +137,7 @@ def test_money_units_round_up_and_back():
 def test_open_ledger_urls(tmp_path):
     assert isinstance(open_ledger("memory:"), MemoryLedger)
     assert isinstance(open_ledger(str(tmp_path / "x.db")), SQLiteLedger)
-    assert open_ledger(f"sqlite://{tmp_path}/y.db").path == tmp_path / "y.db"  # type: ignore[attr-defined]
+    assert open_ledger(f"sqlite:///{tmp_path}/y.db").path == tmp_path / "y.db"  # type: ignore[attr-defined]
     with pytest.raises(ConfigurationError, match="unknown ledger URL 'ftp://x'"):
         open_ledger("ftp://x")
     with pytest.raises(ConfigurationError, match="does not exist"):
