@@ -123,11 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``frugal`` subcommand. A bad argument is argparse's usage error (exit 2); a
+    :class:`FrugalError` or a file that cannot be read or written is one line
+    ``frugal <command>: error: ...`` on stderr and exit code 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except FrugalError as exc:
+        print(f"frugal {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the command could not read or write: the operator's to fix, not a bug
         print(f"frugal {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

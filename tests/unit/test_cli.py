@@ -187,6 +187,14 @@ def test_report_reads_a_ledger(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert figures["total_cost_usd"] == "0.0123" and figures["by_tenant"]["acme"]["cost_usd"] == "0.0123"
 
 
+def test_unwritable_output_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    open_ledger(str(tmp_path / "ledger.db")).close()
+    out = tmp_path / "no-such-folder" / "report.json"
+    assert main(["report", "--ledger", str(tmp_path / "ledger.db"), "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("frugal report: error: [Errno 2] No such file or directory") and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("spec", ["sqlite:///missing-ledger.db", "missing-ledger.db", "sqlite:////nowhere/l.db"])
 def test_report_on_a_missing_ledger_creates_nothing(
     spec: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
