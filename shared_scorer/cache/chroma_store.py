@@ -126,7 +126,11 @@ class ChromaStore:
         strategy_id: str | None = None,
         entry_ids: Sequence[str] | None = None,
     ) -> int:
-        clauses = [{k: v} for k, v in (("user", user), ("scope_key", scope_key), ("strategy_id", strategy_id)) if v]
+        # every given field is matched exactly: "" is a real user (or key), never "any"; None means not filtered
+        fields = (("user", user), ("scope_key", scope_key), ("strategy_id", strategy_id))
+        clauses = [{k: v} for k, v in fields if v is not None]
+        if entry_ids is not None and not entry_ids:
+            return 0  # no ids: nothing to delete (Chroma refuses an empty id list)
         where = _where(clauses)
         collections = [self._collection(tenant, create=False)] if tenant is not None else self._all()
         removed = 0

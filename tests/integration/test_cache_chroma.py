@@ -123,3 +123,24 @@ def test_ttl_eviction_and_invalidation_on_the_server(chroma):
     assert cache.purge() == 2 and len(cache) == 0
     put(cache, "fourth question", "4")
     assert cache.set_strategy("s2") == 1 and len(cache) == 0
+
+
+def test_clear_treats_an_empty_user_as_a_real_user(chroma):
+    """``clear(Scope("acme", ""))`` removes the entries of user "" only, as the SQLite store does."""
+    cache = replica(chroma, "t4")
+    nobody = CallContext(Scope("acme", ""), "fp")
+    bob = CallContext(Scope("acme", "bob"), "fp")
+    put(cache, "Who is our CEO?", "for ann")
+    put(cache, "Who is our CEO?", "for nobody", nobody)
+    put(cache, "Who is our CEO?", "for bob", bob)
+    put(cache, "Who is our CEO?", "globex", CallContext(Scope("globex", ""), "fp"))
+    assert cache.clear(Scope("acme", "")) == 1
+    assert cache.lookup("Who is our CEO?", nobody) is None
+    assert cache.lookup("Who is our CEO?", ANN).answer == "for ann"
+    assert cache.lookup("Who is our CEO?", bob).answer == "for bob"
+    assert cache.clear(Scope("", "")) == 0  # the tenant "" is a tenant too, and it has nothing
+    assert cache.clear(tenant="acme") == 2 and len(cache) == 1  # the whole tenant: said explicitly
+    assert cache.lookup("Who is our CEO?", CallContext(Scope("globex", ""), "fp")).answer == "globex"
+    assert cache.backend.delete(tenant="globex", scope_key="") == 0  # "" matches no scope key, it is not "any"
+    assert cache.backend.delete(entry_ids=[]) == 0  # no ids: nothing, not everything
+    assert len(cache) == 1

@@ -160,6 +160,22 @@ def test_strategy_invalidation_and_clear():
     assert cache.invalidate(strategy_id="s2") == 1 and len(cache) == 0
 
 
+def test_clear_treats_an_empty_user_as_a_real_user(tmp_path):
+    """Same figures as the Chroma store's test: "" is a user, not "every user of the tenant"."""
+    cache = AnswerCache(SQLiteStore(tmp_path / "cache.db"), embedder=HashingEmbedder())
+    nobody, bob = CallContext(Scope("acme", ""), "fp"), CallContext(Scope("acme", "bob"), "fp")
+    put(cache, "Who is our CEO?", "for ann")
+    put(cache, "Who is our CEO?", "for nobody", nobody)
+    put(cache, "Who is our CEO?", "for bob", bob)
+    put(cache, "Who is our CEO?", "globex", CallContext(Scope("globex", ""), "fp"))
+    assert cache.clear(Scope("acme", "")) == 1 and cache.lookup("Who is our CEO?", nobody) is None
+    assert cache.lookup("Who is our CEO?", bob).answer == "for bob"
+    assert cache.clear(Scope("", "")) == 0
+    assert cache.clear(tenant="acme") == 2 and len(cache) == 1
+    assert cache.backend.delete(tenant="globex", scope_key="") == 0
+    assert cache.backend.delete(entry_ids=[]) == 0 and len(cache) == 1
+
+
 def test_cascade_serves_a_hit_at_zero_cost_and_the_ledger_counts_it():
     cache = AnswerCache(embedder=HashingEmbedder())
     cascade = Cascade(["small", "big"], [0.5], lambda q, a: 0.9, prices={"small": (1, 2), "big": (10, 20)},
