@@ -6,11 +6,13 @@ Nothing here imports LangChain or LlamaIndex; torch and transformers load only w
 from shared_scorer.cascade import Attempt, Cascade, CascadeResult, StageOutput, ToolCall
 from shared_scorer.costs import CatalogPrice, CostTracker, Price, TokenPrice, resolve_price
 from shared_scorer.errors import (
+    BudgetExceeded,
     CascadeError,
     CheckpointError,
     ConfigurationError,
     DataError,
     FrugalError,
+    LedgerError,
     ScorerError,
     StageFailure,
     UnknownPriceError,
@@ -20,6 +22,7 @@ from shared_scorer.tools import ToolCallValidator, ToolSpec
 
 __all__ = [
     "Attempt",
+    "BudgetExceeded",
     "Cascade",
     "CascadeError",
     "CascadeResult",
@@ -30,6 +33,7 @@ __all__ = [
     "DataError",
     "FrugalError",
     "FunctionScorer",
+    "LedgerError",
     "Price",
     "ScoreRequest",
     "Scorer",

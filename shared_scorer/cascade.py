@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -18,17 +19,16 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from shared_scorer.costs import CostTracker, Price, PriceSpec, resolve_price
-from shared_scorer.errors import CascadeError, ConfigurationError, FrugalError, StageFailure
-from shared_scorer.hooks import (
-    DEFAULT_MAX_OUTPUT_TOKENS,
-    AnswerCacheHook,
+from shared_scorer.errors import (
     BudgetExceeded,
-    BudgetHook,
-    CacheHit,
-    CallContext,
-    Reservation,
+    CascadeError,
+    ConfigurationError,
+    FrugalError,
+    LedgerError,
+    StageFailure,
 )
-from shared_scorer.outcome import Attempt, CascadeResult, StageOutput, ToolCall
+from shared_scorer.hooks import AnswerCacheHook, BudgetHook, CacheHit, CallContext, Reservation, check_max_tokens
+from shared_scorer.outcome import Attempt, CascadeResult, StageOutput, ToolCall, usd
 from shared_scorer.scoring.base import Scorer, ScoreRequest, as_scorer, check_score
 
 __all__ = [
@@ -37,9 +37,11 @@ __all__ = [
     "CascadeResult",
     "StageOutput",
     "ToolCall",
+    "StageFailureWarnings",
     "cascade_for",
     "check_thresholds",
     "max_output_tokens_of",
+    "output_limit_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,13 @@ class _Settle:
     actual: Decimal
 
 
+@dataclass
+class _HookFailed:
+    """A budget call that raised something other than :class:`BudgetExceeded` (the ledger is down, say)."""
+
+    error: Exception
+
+
 class _Failed(Exception):
     def __init__(self, result: CascadeResult, error: FrugalError | None = None) -> None:
         self.result = result
@@ -106,7 +115,22 @@ class Cascade:
     The cascade itself calls nothing: adapters pass one call per stage to :meth:`run` / :meth:`arun`.
     ``answer_cache`` is consulted before the first stage; ``budget`` reserves each stage's worst-case
     cost before it is called. When a stage cannot be afforded, ``on_budget="stop"`` returns the best
-    answer already in hand (else raises), ``"raise"`` raises :class:`~shared_scorer.hooks.BudgetExceeded`.
+    answer already in hand (else raises), ``"raise"`` raises :class:`~shared_scorer.errors.BudgetExceeded`.
+
+    The worst case of stage ``i`` is its price for ``context.input_tokens_bound`` input tokens and
+    :meth:`stage_max_tokens` output tokens: the smaller of the call's own ``max_tokens``
+    (``context.max_output_tokens``) and ``output_limits[i]``, the most that stage writes. With a budget,
+    a stage whose limit is ``None`` is an error at construction; with ``output_limits`` not given at all,
+    every budgeted call must carry ``max_output_tokens`` (else a :class:`ConfigurationError` before any
+    provider call). Nothing is guessed. A call must send each stage at most :meth:`stage_max_tokens`.
+
+    Budgets fail closed: when the budget cannot reserve (its ledger is down) no provider is called and
+    :class:`~shared_scorer.errors.LedgerError` is raised. When a settlement fails after the provider was
+    paid, the answer is kept, the cost is still recorded by the tracker, the trail marks the stage's
+    ``settle_error`` and an error is logged with the amount and the reservation id.
+
+    A stage that raises is logged (a ``logging`` warning, at most once per stage per
+    :class:`StageFailureWarnings` window, with the count) and counted in the tracker's summary.
 
     >>> cascade = Cascade(["small", "big"], thresholds=[0.5], scorer=lambda q, a: 0.9,
     ...                   prices={"small": (1, 2), "big": (10, 20)})
@@ -127,6 +151,7 @@ class Cascade:
         answer_cache: AnswerCacheHook | None = None,
         budget: BudgetHook | None = None,
         on_budget: BudgetPolicy = "stop",
+        output_limits: Sequence[int | None] | None = None,
     ) -> None:
         self.models = list(models)
         if not self.models:
@@ -143,6 +168,37 @@ class Cascade:
         self.tracker = tracker if tracker is not None else CostTracker()
         self.answer_cache = answer_cache
         self.budget = budget
+        self.output_limits: list[int | None] = self._check_limits(output_limits)
+        self.failure_warnings = StageFailureWarnings()
+
+    def _check_limits(self, limits: Sequence[int | None] | None) -> list[int | None]:
+        if limits is None:
+            return [None] * len(self.models)
+        values = list(limits)
+        if len(values) != len(self.models):
+            raise ConfigurationError(
+                f"{len(self.models)} stages need {len(self.models)} output_limits, got {len(values)}"
+            )
+        checked = [check_max_tokens(v, f"output_limits[{i}] ({self.models[i]})") for i, v in enumerate(values)]
+        if self.budget is not None:
+            for i, value in enumerate(checked):
+                if value is None:
+                    raise ConfigurationError(_no_limit(i, self.models[i]))
+        return checked
+
+    def stage_max_tokens(self, stage: int, context: CallContext) -> int | None:
+        """The most output tokens stage ``stage`` may write on this call: the smaller of the call's own
+        ``max_tokens`` and the stage's output limit (``None`` when neither is known). Adapters send this
+        as the stage's ``max_tokens``, so a call can ask for less than a stage's limit, never more."""
+        known = [x for x in (context.max_output_tokens, self.output_limits[stage]) if x is not None]
+        return min(known) if known else None
+
+    def worst_case(self, stage: int, context: CallContext) -> Decimal:
+        """What stage ``stage`` can cost at most on this call (what a budget reserves before calling it)."""
+        tokens = self.stage_max_tokens(stage, context)
+        if tokens is None:
+            raise ConfigurationError(_no_limit(stage, self.models[stage]) + ", or give this call a max_tokens")
+        return self.prices[stage].cost(context.input_tokens_bound, tokens)
 
     # ------------------------------------------------------------------ the decisions
 
@@ -167,10 +223,15 @@ class Cascade:
             attempt.threshold = None if last else self.thresholds[i]
             reservation: Reservation | None = None
             if self.budget is not None:
-                worst = self.prices[i].cost(
-                    context.input_tokens_bound, context.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS
-                )
-                granted = yield _Reserve(context, attempt.model, worst)
+                granted = yield _Reserve(context, attempt.model, self.worst_case(i, context))
+                if isinstance(granted, _HookFailed):
+                    attempt.error = f"budget reserve failed: {type(granted.error).__name__}: {granted.error}"
+                    error = LedgerError(
+                        f"the budget could not reserve for stage {i} ({attempt.model}): "
+                        f"{type(granted.error).__name__}: {granted.error}; no provider was called"
+                    )
+                    error.__cause__ = granted.error
+                    raise _Failed(self._result(attempts, None, outputs, failures, fallback=False), error)
                 if isinstance(granted, BudgetExceeded):
                     attempt.status = "over_budget"
                     attempt.error = str(granted)
@@ -186,11 +247,14 @@ class Cascade:
             if called.output is not None:
                 self._price(attempt, called.output)
             if reservation is not None:
-                yield _Settle(reservation, attempt.cost_usd)
+                settled = yield _Settle(reservation, attempt.cost_usd)
+                if isinstance(settled, _HookFailed):
+                    attempt.settle_error = f"{type(settled.error).__name__}: {settled.error}"
             if called.error is not None or called.output is None:
                 attempt.status = "error"
                 attempt.error = f"{type(called.error).__name__}: {called.error}"
-                failures.append(StageFailure(i, attempt.model, "error", attempt.error))
+                failures.append(StageFailure(i, attempt.model, "error", attempt.error, called.error))
+                self.failure_warnings.failed(i, attempt.model, attempt.error)
                 continue
             output = called.output
             reason = _check_output(output) or (validate(output) if validate else None)
@@ -326,7 +390,8 @@ class Cascade:
         except StopIteration as stop:
             yield self._finish(stop.value, started, context)
         except _Failed as failed:
-            raise self._fail(failed, started, context) from None
+            error = self._fail(failed, started, context)
+            raise error from error.__cause__
 
     async def arun(
         self,
@@ -368,7 +433,8 @@ class Cascade:
         except StopIteration as stop:
             yield self._finish(stop.value, started, context)
         except _Failed as failed:
-            raise self._fail(failed, started, context) from None
+            error = self._fail(failed, started, context)
+            raise error from error.__cause__
 
     def _streams_live(self, stage: int) -> bool:
         return stage == len(self.models) - 1 and self.return_policy == "last"
@@ -412,12 +478,22 @@ class Cascade:
                 reserve = method(self.budget, "reserve")(step.context, step.model, step.amount)
             except BudgetExceeded as exc:
                 return exc
+            except ConfigurationError:
+                raise
+            except Exception as exc:
+                return _HookFailed(exc)
             if asynchronous and isinstance(reserve, Awaitable):
                 return _catch_budget(reserve)
             return reserve
         if isinstance(step, _Settle):
             assert self.budget is not None
-            return method(self.budget, "settle")(step.reservation, step.actual)
+            try:
+                settle = method(self.budget, "settle")(step.reservation, step.actual)
+            except Exception as exc:
+                return _settle_failed(step, exc)
+            if asynchronous and isinstance(settle, Awaitable):
+                return _catch_settle(settle, step)
+            return settle
         if isinstance(step, _Lookup):
             assert self.answer_cache is not None
             return _tolerant(method(self.answer_cache, "lookup"), "lookup", step.query, step.context)
@@ -437,6 +513,7 @@ class Cascade:
         return result
 
     def _fail(self, failed: _Failed, started: float, context: CallContext) -> FrugalError:
+        """The error to raise (``raise error from error.__cause__``), with the call's result attached."""
         failed.result.latency_ms = _ms(started)
         failed.result.context = context
         self.tracker.record_failure(failed.result)
@@ -449,11 +526,34 @@ class Cascade:
             raise ConfigurationError(f"expected {len(self.models)} stage calls, got {len(calls)}")
 
 
-async def _catch_budget(pending: Awaitable[Reservation]) -> Reservation | BudgetExceeded:
+async def _catch_budget(pending: Awaitable[Reservation]) -> Reservation | BudgetExceeded | _HookFailed:
     try:
         return await pending
     except BudgetExceeded as exc:
         return exc
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        return _HookFailed(exc)
+
+
+async def _catch_settle(pending: Awaitable[None], step: _Settle) -> _HookFailed | None:
+    try:
+        await pending
+    except Exception as exc:
+        return _settle_failed(step, exc)
+    return None
+
+
+def _settle_failed(step: _Settle, exc: Exception) -> _HookFailed:
+    """The provider was paid and its answer is in hand: keep it, and say loudly what the ledger lacks."""
+    log.error(
+        "could not settle budget reservation %s (model %s, held %s USD) to its real cost of %s USD: %s: %s; "
+        "the answer is kept and the cost recorded by the tracker, the ledger holds the reservation until it expires",
+        step.reservation.id, step.reservation.model, usd(step.reservation.amount), usd(step.actual),
+        type(exc).__name__, exc,
+    )  # fmt: skip
+    return _HookFailed(exc)
 
 
 def _tolerant(fn: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> Any:
@@ -542,13 +642,88 @@ def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
+class StageFailureWarnings:
+    """Logs a warning when a stage's provider call raises: at most once per stage per ``window_s``
+    seconds, with the number of failures since the last warning, so a stage that fails on every call
+    (a misspelt model answering 404) is visible without flooding the log.
+
+    >>> warnings = StageFailureWarnings(window_s=60.0, clock=lambda: 0.0)
+    >>> warnings.failed(0, "gpt-4o-mni", "NotFoundError: 404")
+    True
+    >>> warnings.failed(0, "gpt-4o-mni", "NotFoundError: 404")  # counted, not logged again
+    False
+    """
+
+    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._last_warned: dict[int, float] = {}
+        self._pending: dict[int, tuple[int, float]] = {}  # stage -> (failures since last warning, first at)
+
+    def failed(self, stage: int, model: str, error: str) -> bool:
+        """Count one failure of ``stage``; log a warning if none was logged for it within the window."""
+        now = self.clock()
+        with self._lock:
+            count, first = self._pending.get(stage, (0, now))
+            count += 1
+            last = self._last_warned.get(stage)
+            if last is not None and now - last < self.window_s:
+                self._pending[stage] = (count, first)
+                return False
+            self._last_warned[stage] = now
+            self._pending.pop(stage, None)
+        log.warning(
+            "stage %d (%s) failed %d time(s) in the last %.0f s; queries go on to the next stage. Last error: %s",
+            stage, model, count, now - first, error,
+        )  # fmt: skip
+        return True
+
+
+def _no_limit(stage: int, model: str) -> str:
+    return (
+        f"stage {stage} ({model}) has no known maximum of output tokens, so a budget cannot reserve its worst "
+        f"case; give it with max_output_tokens={{{model!r}: N}} or set max_tokens on the stage"
+    )
+
+
+_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def output_limit_of(stage: object, model: str, given: Mapping[str, object] | None = None) -> int | None:
+    """The most output tokens ``stage`` (named ``model``) writes per call, from the first source that has
+    it: ``given[model]`` (the user's ``max_output_tokens`` mapping); the stage's own ``max_tokens``,
+    ``max_completion_tokens`` or ``max_output_tokens`` field; its ``profile["max_output_tokens"]``
+    (LangChain model profiles). ``None`` when none does. (The price catalogue, ``genai-prices``,
+    publishes context windows but no output limits, so it is not a source.)
+
+    >>> class Stage:
+    ...     max_tokens = 512
+    >>> output_limit_of(Stage(), "m"), output_limit_of(Stage(), "m", {"m": 64}), output_limit_of(object(), "m")
+    (512, 64, None)
+    """
+    if given and model in given:
+        return check_max_tokens(given[model], f"max_output_tokens[{model!r}]")
+    for name in _LIMIT_FIELDS:
+        value = getattr(stage, name, None)
+        if value is not None:
+            return check_max_tokens(value, f"{name} of stage {model!r}")
+    profile = getattr(stage, "profile", None)
+    if isinstance(profile, Mapping) and profile.get("max_output_tokens") is not None:
+        return check_max_tokens(profile["max_output_tokens"], f"profile['max_output_tokens'] of stage {model!r}")
+    return None
+
+
 def cascade_for(
     settings: Any, *, is_stage: Callable[[object], bool], what: str, name_of: Callable[[Any], str]
 ) -> Cascade:
     """The cascade an adapter model delegates to, checked at construction.
 
     ``settings`` is the adapter model: it has ``stages``, ``thresholds``, ``scorer``, ``prices``,
-    ``return_policy``, ``cost_tracker``, ``answer_cache``, ``budget`` and ``on_budget``.
+    ``return_policy``, ``cost_tracker``, ``answer_cache``, ``budget`` and ``on_budget``, and may have
+    ``max_output_tokens`` (a mapping of model name to its maximum output tokens) and ``max_tokens`` (a
+    cap the adapter sends to every stage). Each stage's output limit is the smaller of the one
+    :func:`output_limit_of` finds and ``max_tokens``; with a budget, a stage with neither is an error here.
     """
     stages = list(settings.stages)
     if not stages:
@@ -556,8 +731,17 @@ def cascade_for(
     for i, stage in enumerate(stages):
         if not is_stage(stage):
             raise ConfigurationError(f"stage {i} must be {what}, got {type(stage).__name__}")
+    names = [name_of(stage) for stage in stages]
+    given = getattr(settings, "max_output_tokens", None)
+    if given is not None and not isinstance(given, Mapping):
+        raise ConfigurationError(f"max_output_tokens must map model names to token counts, got {given!r}")
+    cap = check_max_tokens(getattr(settings, "max_tokens", None), f"{type(settings).__name__}.max_tokens")
+    limits = []
+    for stage, name in zip(stages, names, strict=True):
+        known = [x for x in (output_limit_of(stage, name, given), cap) if x is not None]
+        limits.append(min(known) if known else None)
     return Cascade(
-        [name_of(stage) for stage in stages],
+        names,
         settings.thresholds,
         settings.scorer,
         prices=settings.prices,
@@ -566,13 +750,15 @@ def cascade_for(
         answer_cache=settings.answer_cache,
         budget=settings.budget,
         on_budget=settings.on_budget,
+        output_limits=limits,
     )
 
 
 def max_output_tokens_of(stages: Sequence[object]) -> int | None:
-    """The largest ``max_tokens`` any stage may write, when every stage sets one."""
-    limits = [getattr(stage, "max_tokens", None) for stage in stages]
-    ints = [x for x in limits if isinstance(x, int)]
+    """The largest number of output tokens any stage may write (see :func:`output_limit_of`), when every
+    stage has a known limit; else ``None``."""
+    limits = [output_limit_of(stage, "") for stage in stages]
+    ints = [x for x in limits if x is not None]
     return max(ints) if len(ints) == len(limits) else None
 
 

@@ -7,12 +7,13 @@ model's price. A model with no known price is an error at construction, never a 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from shared_scorer.errors import ConfigurationError, UnknownPriceError
+from shared_scorer.outcome import usd
 
 if TYPE_CHECKING:
     from shared_scorer.cascade import CascadeResult
@@ -119,10 +120,10 @@ class _Totals:
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self, money: Callable[[Decimal], object]) -> dict[str, object]:
         return {
             "calls": self.calls,
-            "cost_usd": self.cost_usd,
+            "cost_usd": money(self.cost_usd),
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
         }
@@ -132,11 +133,12 @@ class CostTracker:
     """Totals of every cascade call: USD by model and by stage, calls, escalations.
 
     Every stage that was called is counted, rejected ones included. Thread- and task-safe (one lock,
-    never held across an await).
+    never held across an await). :meth:`summary` survives ``json.dumps`` (money as exact strings);
+    ``summary(decimals=True)`` gives the same figures as ``Decimal``.
 
     >>> tracker = CostTracker()
-    >>> tracker.summary()["total_cost_usd"]
-    Decimal('0')
+    >>> tracker.summary()["total_cost_usd"], tracker.summary(decimals=True)["total_cost_usd"]
+    ('0', Decimal('0'))
     """
 
     def __init__(self) -> None:
@@ -159,6 +161,10 @@ class CostTracker:
             self._cache_hits = 0
             self._cache_saved = Decimal(0)
             self._budget_stops = 0
+            self._settle_errors = 0
+            self._errors_by_stage: dict[int, int] = {}
+            self._errors_by_model: dict[str, int] = {}
+            self._invalid_by_stage: dict[int, int] = {}
 
     def record(self, result: CascadeResult) -> None:
         """Add one finished cascade call (the core calls this; users rarely need to)."""
@@ -198,6 +204,13 @@ class CostTracker:
                 self._estimated_usage += 1
             elif not attempt.usage_reported:
                 self._missing_usage += 1
+            if attempt.settle_error is not None:
+                self._settle_errors += 1
+            if attempt.status == "error":
+                self._errors_by_stage[attempt.stage] = self._errors_by_stage.get(attempt.stage, 0) + 1
+                self._errors_by_model[attempt.model] = self._errors_by_model.get(attempt.model, 0) + 1
+            elif attempt.status == "invalid":
+                self._invalid_by_stage[attempt.stage] = self._invalid_by_stage.get(attempt.stage, 0) + 1
 
     @property
     def total_cost_usd(self) -> Decimal:
@@ -205,29 +218,40 @@ class CostTracker:
         with self._lock:
             return self._total
 
-    def summary(self) -> dict[str, object]:
+    def summary(self, *, decimals: bool = False) -> dict[str, object]:
         """A snapshot: totals, per model, per stage, and the all-to-last-stage estimate.
+
+        Money is a fixed-point string of the exact amount (``"0.000012"``), so the summary survives
+        ``json.dumps``; with ``decimals=True`` it is the ``Decimal`` itself. ``errors_by_stage`` and
+        ``errors_by_model`` count stage calls that raised (a misspelt model shows up here),
+        ``invalid_by_stage`` answers that failed validation, ``settle_errors`` stage calls whose budget
+        settlement failed (their cost is in the totals all the same).
 
         ``estimated_cost_if_last_stage_only_usd`` is an estimate: for each call it prices the first
         stage's input tokens and the returned answer's output tokens at the last stage's price (exact
         where the last stage answered).
         """
+        money: Callable[[Decimal], object] = (lambda d: d) if decimals else usd
         with self._lock:
             return {
                 "calls": self._calls,
                 "failed_calls": self._failed_calls,
                 "escalations": self._escalations,
-                "total_cost_usd": self._total,
-                "by_model": {m: t.as_dict() for m, t in self._by_model.items()},
-                "by_stage": {s: t.as_dict() for s, t in sorted(self._by_stage.items())},
+                "total_cost_usd": money(self._total),
+                "by_model": {m: t.as_dict(money) for m, t in self._by_model.items()},
+                "by_stage": {s: t.as_dict(money) for s, t in sorted(self._by_stage.items())},
                 "answered_by_stage": dict(sorted(self._answered_by_stage.items())),
                 "stage_calls_without_usage": self._missing_usage,
                 "stage_calls_with_estimated_usage": self._estimated_usage,
+                "errors_by_stage": dict(sorted(self._errors_by_stage.items())),
+                "errors_by_model": dict(sorted(self._errors_by_model.items())),
+                "invalid_by_stage": dict(sorted(self._invalid_by_stage.items())),
+                "settle_errors": self._settle_errors,
                 "cache_hits": self._cache_hits,
-                "cache_saved_usd": self._cache_saved,
+                "cache_saved_usd": money(self._cache_saved),
                 "budget_stops": self._budget_stops,
-                "estimated_cost_if_last_stage_only_usd": self._all_last_estimate,
-                "estimated_savings_usd": self._all_last_estimate - self._total
-                if self._calls > self._failed_calls
-                else Decimal(0),
+                "estimated_cost_if_last_stage_only_usd": money(self._all_last_estimate),
+                "estimated_savings_usd": money(
+                    self._all_last_estimate - self._total if self._calls > self._failed_calls else Decimal(0)
+                ),
             }

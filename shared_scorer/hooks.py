@@ -16,10 +16,38 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
-from shared_scorer.errors import FrugalError
+from shared_scorer.errors import BudgetExceeded, ConfigurationError
 
-DEFAULT_MAX_OUTPUT_TOKENS = 4096
-"""Output tokens reserved for a stage call whose ``max_tokens`` is not known."""
+__all__ = [
+    "AnswerCacheHook",
+    "BudgetExceeded",
+    "BudgetHook",
+    "CacheHit",
+    "CallContext",
+    "Reservation",
+    "Scope",
+    "build_context",
+    "check_max_tokens",
+    "fingerprint_of",
+    "input_tokens_bound",
+]
+
+
+def check_max_tokens(value: object, name: str = "max_tokens") -> int | None:
+    """``value`` as a number of output tokens: ``None`` or a positive ``int``, else a
+    :class:`~shared_scorer.errors.ConfigurationError` naming ``name`` and the value.
+
+    A negative, zero, boolean, fractional or textual ``max_tokens`` would make a budget reserve a
+    negative or meaningless worst case; it is refused before any provider is called.
+
+    >>> check_max_tokens(256), check_max_tokens(None)
+    (256, None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive whole number of tokens, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -37,8 +65,10 @@ class CallContext:
     ``fingerprint`` digests everything besides the question that makes an answer valid (system prompt,
     earlier turns, tool set, output schema, strategy): a cached answer is served only to a call with the
     same scope and fingerprint. ``input_tokens_bound`` is an upper bound of any stage's input tokens (the
-    prompt's UTF-8 byte count: a BPE token is never shorter than a byte). ``cacheable`` is false for
-    calls whose answer must not be reused (tool calling, for example).
+    prompt's UTF-8 byte count: a BPE token is never shorter than a byte). ``max_output_tokens`` is the
+    call's own ``max_tokens`` (``None`` when it sets none): a positive int, else a
+    :class:`~shared_scorer.errors.ConfigurationError`. ``cacheable`` is false for calls whose answer
+    must not be reused (tool calling, for example).
     """
 
     scope: Scope = field(default_factory=Scope)
@@ -48,6 +78,12 @@ class CallContext:
     cacheable: bool = True
     strategy: str = ""
     """The fitted strategy the call runs under (cache entries are tagged with it for invalidation)."""
+
+    def __post_init__(self) -> None:
+        check_max_tokens(self.max_output_tokens, "max_output_tokens (the call's max_tokens)")
+        bound = self.input_tokens_bound
+        if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
+            raise ConfigurationError(f"input_tokens_bound must be a whole number >= 0, got {bound!r}")
 
 
 def fingerprint_of(parts: Iterable[Any]) -> str:
@@ -84,14 +120,6 @@ class AnswerCacheHook(Protocol):
     def store(
         self, query: str, answer: str, context: CallContext, *, model: str, score: float | None, cost_usd: Decimal
     ) -> None: ...
-
-
-class BudgetExceeded(FrugalError):
-    """A stage could not be afforded; ``limit`` names the limit that would be crossed."""
-
-    def __init__(self, limit: str, message: str) -> None:
-        self.limit = limit
-        super().__init__(message)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,11 @@ from shared_scorer.hooks import CacheHit, CallContext
 Status = Literal["accepted", "rejected", "error", "invalid", "over_budget", "not_called"]
 
 
+def usd(amount: Decimal) -> str:
+    """An exact amount of money as JSON-safe text, in fixed point: ``usd(Decimal("1E-8")) == "0.00000001"``."""
+    return format(amount.normalize(), "f")
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """A tool call an answer asks for; ``arguments`` is the parsed JSON object."""
@@ -63,6 +68,8 @@ class Attempt:
     cost_usd: Decimal = Decimal(0)
     latency_ms: float = 0.0
     error: str | None = None
+    settle_error: str | None = None
+    """Why the budget could not settle this stage's reservation (the answer and its cost are kept)."""
 
     @property
     def called(self) -> bool:
@@ -80,9 +87,10 @@ class Attempt:
             "output_tokens": self.output_tokens,
             "usage_reported": self.usage_reported,
             "usage_estimated": self.usage_estimated,
-            "cost_usd": self.cost_usd,
+            "cost_usd": usd(self.cost_usd),
             "latency_ms": round(self.latency_ms, 3),
             "error": self.error,
+            "settle_error": self.settle_error,
         }
 
 
@@ -130,12 +138,13 @@ class CascadeResult:
         return sum(a.output_tokens for a in self.attempts)
 
     def trail(self) -> dict[str, Any]:
-        """The JSON-friendly record adapters attach to responses (``Decimal`` costs)."""
+        """The record adapters attach to responses; it survives ``json.dumps``: money is a string of the
+        exact ``Decimal`` (``"0.000012"``, never an exponent; ``Decimal(trail["cost_usd"])`` gets it back)."""
         return {
             "model": self.model,
             "stage": self.answer_stage,
             "fallback": self.fallback,
-            "cost_usd": self.cost_usd,
+            "cost_usd": usd(self.cost_usd),
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "latency_ms": round(self.latency_ms, 3),
@@ -145,7 +154,7 @@ class CascadeResult:
             else {
                 "entry_id": self.cache_hit.entry_id,
                 "similarity": self.cache_hit.similarity,
-                "saved_usd": self.cache_hit.saved_usd,
+                "saved_usd": usd(self.cache_hit.saved_usd),
             },
             "budget_stopped": self.budget_stopped,
             "stages": [a.as_dict() for a in self.attempts],

@@ -20,8 +20,8 @@ from typing import Literal
 from urllib.parse import quote
 
 from shared_scorer.budget.ledger import MAX_NANO, Charge, Ledger, MemoryLedger, from_nano, open_ledger, to_nano
-from shared_scorer.errors import ConfigurationError
-from shared_scorer.hooks import BudgetExceeded, CallContext, Reservation, Scope
+from shared_scorer.errors import BudgetExceeded, ConfigurationError
+from shared_scorer.hooks import CallContext, Reservation, Scope
 
 Period = Literal["hour", "day", "month"]
 LimitScope = Literal["tenant", "user", "overall"]
@@ -142,6 +142,15 @@ class LimitStatus:
         return max(Decimal(0), self.usd - self.spent_usd - self.held_usd)
 
 
+def _check_amount(amount: Decimal, name: str, model: str) -> None:
+    """A reservation or cost is a finite, non-negative ``Decimal``: a negative one would let a call through
+    a limit it crosses (or credit the ledger)."""
+    if not isinstance(amount, Decimal) or not amount.is_finite() or amount < 0:
+        raise ConfigurationError(
+            f"budget {name} for model {model!r} must be a finite, non-negative Decimal of USD, got {amount!r}"
+        )
+
+
 class Budget:
     """Spending limits enforced by reserving each stage's worst case in a shared :class:`Ledger`.
 
@@ -159,7 +168,7 @@ class Budget:
     >>> budget.reserve(acme, "gpt-4o", Decimal("0.08"))
     Traceback (most recent call last):
     ...
-    shared_scorer.hooks.BudgetExceeded: tenant 'acme' daily limit $0.10: spent $0.03 + held $0.00, this stage (gpt-4o) needs up to $0.08
+    shared_scorer.errors.BudgetExceeded: tenant 'acme' daily limit $0.10: spent $0.03 + held $0.00, this stage (gpt-4o) needs up to $0.08
     """  # noqa: E501
 
     def __init__(
@@ -200,6 +209,7 @@ class Budget:
     def reserve(self, context: CallContext, model: str, amount: Decimal) -> BudgetReservation:
         """Hold ``amount`` on every applicable limit, or raise :class:`BudgetExceeded` naming the first that
         cannot afford it."""
+        _check_amount(amount, "amount", model)
         scope = context.scope
         now = self._clock()
         limits = self.applicable(scope)
@@ -226,6 +236,7 @@ class Budget:
 
     def settle(self, reservation: Reservation, actual: Decimal) -> None:
         """Release the hold and count ``actual`` (the real cost, 0 for a failed call) as spent."""
+        _check_amount(actual, "actual", reservation.model)
         if isinstance(reservation, BudgetReservation):
             keys = reservation.keys
         else:

@@ -113,7 +113,7 @@ def test_every_stage_failing_raises_one_error_with_each_cause():
     ]
     assert "stage 1 (mid): invalid: empty answer" in str(error)
     # the empty answer was still billed
-    assert cascade.tracker.summary()["total_cost_usd"] == Decimal("0.00036")
+    assert cascade.tracker.summary(decimals=True)["total_cost_usd"] == Decimal("0.00036")
     assert cascade.tracker.summary()["failed_calls"] == 1
 
 
@@ -285,7 +285,7 @@ def test_tracker_totals_by_model_and_stage():
     cascade = make({"a": 0.9, "x": 0.1, "b": 0.9})
     cascade.run("q1", [lambda: answer("a"), None, None])
     cascade.run("q2", [lambda: answer("x"), lambda: answer("b"), None])
-    summary = cascade.tracker.summary()
+    summary = cascade.tracker.summary(decimals=True)
     assert summary["calls"] == 2 and summary["escalations"] == 1
     assert summary["total_cost_usd"] == Decimal("0.00012") * 2 + Decimal("0.00036")
     assert summary["by_model"]["small"]["calls"] == 2
@@ -305,7 +305,7 @@ def test_tracker_is_thread_safe():
     cascade = make({"a": 0.9})
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: cascade.run("q", [lambda: answer("a"), None, None]), range(400)))
-    summary = cascade.tracker.summary()
+    summary = cascade.tracker.summary(decimals=True)
     assert summary["calls"] == 400
     assert summary["total_cost_usd"] == Decimal("0.00012") * 400
 

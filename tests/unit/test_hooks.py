@@ -66,8 +66,8 @@ def test_accepted_answer_is_stored_and_then_served_at_zero_cost():
     second = cascade.run("q", [None, None], context=CONTEXT)
     assert second.cache_hit is not None and second.output.text == "good"
     assert second.cost_usd == Decimal(0) and second.model == "small"
-    assert second.trail()["cache_hit"] == {"entry_id": "e1", "similarity": 1.0, "saved_usd": Decimal("0.00012")}
-    summary = cascade.tracker.summary()
+    assert second.trail()["cache_hit"] == {"entry_id": "e1", "similarity": 1.0, "saved_usd": "0.00012"}
+    summary = cascade.tracker.summary(decimals=True)
     assert summary["cache_hits"] == 1 and summary["cache_saved_usd"] == Decimal("0.00012")
     assert summary["total_cost_usd"] == first.cost_usd
 
@@ -141,7 +141,7 @@ def test_unaffordable_stage_raises_when_asked_or_when_nothing_in_hand():
     with pytest.raises(BudgetExceeded) as info:
         raising.run("q", calls("a", "b"), context=CONTEXT)
     assert info.value.limit == "overall"
-    assert raising.tracker.summary()["total_cost_usd"] == Decimal("0.00012")
+    assert raising.tracker.summary(decimals=True)["total_cost_usd"] == Decimal("0.00012")
     broke = Cascade(["big"], [], lambda q, a: 1.0, prices=PRICES, budget=Wallet("0.0001"))
     with pytest.raises(BudgetExceeded):
         broke.run("q", calls("a"), context=CONTEXT)
