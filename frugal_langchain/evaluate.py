@@ -97,7 +97,7 @@ def evaluate(
         model = message.response_metadata["frugal"]["model"]
         answered_by[model] += 1
         correct += label[(query.query_id, model)]
-    summary = llm.cost_tracker.summary()
+    summary = llm.cost_tracker.summary(decimals=True)
     total = summary["total_cost_usd"]
     assert isinstance(total, Decimal)
     query_ids = {q.query_id for q in queries}

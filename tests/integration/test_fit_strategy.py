@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def test_one_strategy_gives_the_same_decisions_through_both_adapters(fitted: Any
         return [(s["model"], s["status"], s["score"], s["cost_usd"]) for s in trail["stages"]]
 
     assert [decisions(t) for t in lc] == [decisions(t) for t in li]
-    assert sum(t["cost_usd"] for t in lc) == sum(t["cost_usd"] for t in li)
+    assert sum(Decimal(t["cost_usd"]) for t in lc) == sum(Decimal(t["cost_usd"]) for t in li)
 
 
 def test_a_capped_chain_entry_sets_max_tokens_and_escalates_cut_replies(fitted: Any) -> None:

@@ -71,11 +71,11 @@ def test_chat_escalates_with_trail_and_exact_cost(server):
         (SMALL, "rejected", 0.2),
         (BIG, "accepted", None),
     ]
-    assert trail["cost_usd"] == cost(SMALL, 12, 3) + cost(BIG, 12, 4) == Decimal("0.0001305")
+    assert Decimal(trail["cost_usd"]) == cost(SMALL, 12, 3) + cost(BIG, 12, 4) == Decimal("0.0001305")
     assert response.additional_kwargs["model_name"] == BIG
     completion = llm.complete("Capital of France?")
     assert completion.text == "Paris" and completion.additional_kwargs["frugal"]["stage"] == 0
-    assert llm.cost_tracker.summary()["total_cost_usd"] == Decimal("0.0001305") + cost(SMALL, 8, 1)
+    assert llm.cost_tracker.summary(decimals=True)["total_cost_usd"] == Decimal("0.0001305") + cost(SMALL, 8, 1)
 
 
 @pytest.mark.parametrize(
@@ -95,7 +95,7 @@ def test_every_fault_escalates_and_is_recorded(server, fault, error_type):
     assert response.message.content == "Paris, France"
     first = response.additional_kwargs["frugal"]["stages"][0]
     assert first["status"] == "error" and first["error"].startswith(error_type + ":"), first["error"]
-    assert response.additional_kwargs["frugal"]["cost_usd"] == cost(BIG, 8, 3)
+    assert Decimal(response.additional_kwargs["frugal"]["cost_usd"]) == cost(BIG, 8, 3)
 
 
 def test_all_stages_failing_raises_one_error(server):
@@ -121,7 +121,7 @@ def test_stream_chat_streams_the_last_stage_live():
     assert len(deltas) > 2 and "".join(deltas) == answer
     final = responses[-1]
     assert final.text == answer
-    assert final.additional_kwargs["frugal"]["cost_usd"] == cost(SMALL, 12, 3) + cost(BIG, 12, 20)
+    assert Decimal(final.additional_kwargs["frugal"]["cost_usd"]) == cost(SMALL, 12, 3) + cost(BIG, 12, 20)
 
 
 async def test_async_chat_and_stream(server):
@@ -233,7 +233,7 @@ def test_rag_query_engine_with_local_minilm_embeddings():
         sent = server.requests[0].query
     assert str(response) == "George Eliot."
     assert "Middlemarch is a novel by George Eliot" in sent
-    assert llm.cost_tracker.summary()["total_cost_usd"] == cost(SMALL, 90, 3)
+    assert llm.cost_tracker.summary(decimals=True)["total_cost_usd"] == cost(SMALL, 90, 3)
 
 
 @pytest.mark.parametrize(
@@ -281,4 +281,4 @@ def test_a_stage_cut_at_its_output_cap_escalates_and_pays_the_capped_tokens(serv
     assert response.message.content == "George Eliot"
     first = response.additional_kwargs["frugal"]["stages"][0]
     assert first["status"] == "invalid" and "output-token limit" in first["error"]
-    assert llm.cost_tracker.summary()["total_cost_usd"] == cost(SMALL, 12, 2) + cost(BIG, 12, 4)
+    assert llm.cost_tracker.summary(decimals=True)["total_cost_usd"] == cost(SMALL, 12, 2) + cost(BIG, 12, 4)

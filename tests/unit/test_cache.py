@@ -185,8 +185,8 @@ def test_cascade_serves_a_hit_at_zero_cost_and_the_ledger_counts_it():
     second = cascade.run("capital of france", [None, None], context=ANN)
     assert second.cost_usd == Decimal(0) and second.output.text == "Paris" and second.model == "small"
     trail = second.trail()["cache_hit"]
-    assert trail["similarity"] == 1.0 and trail["saved_usd"] == Decimal("0.00012") and len(trail["entry_id"]) == 32
-    summary = cascade.tracker.summary()
+    assert trail["similarity"] == 1.0 and trail["saved_usd"] == "0.00012" and len(trail["entry_id"]) == 32
+    summary = cascade.tracker.summary(decimals=True)
     assert summary["cache_hits"] == 1 and summary["cache_saved_usd"] == Decimal("0.00012")
 
 
