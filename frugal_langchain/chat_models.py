@@ -23,8 +23,8 @@ from langchain_core.runnables.config import ensure_config
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from frugal_langchain import _convert
-from shared_scorer.assemble import build_from_strategy
-from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator, cascade_for, max_output_tokens_of
+from shared_scorer.assemble import build_from_strategy, reject_unknown_arguments
+from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator, cascade_for
 from shared_scorer.costs import CostTracker
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.hooks import CallContext, Scope, build_context
@@ -67,7 +67,7 @@ class FrugalChatModel(BaseChatModel):
             llm.invoke("Who wrote Middlemarch?").content  # 'Mary Ann Evans'
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, extra="forbid")
 
     stages: list[Any]
     """The child chat models, cheapest first (any LangChain ``BaseChatModel``)."""
@@ -113,10 +113,14 @@ class FrugalChatModel(BaseChatModel):
     ``BudgetExceeded`` if there is none), ``"raise"`` raises ``BudgetExceeded`` naming the limit."""
     strategy_id: str = ""
     """Identifies the fitted strategy (part of every cache fingerprint, so a new strategy starts afresh)."""
+    max_output_tokens: dict[str, int] | None = None
+    """The most output tokens each stage may write, by stage model name (bounds budget reservations;
+    needed for a stage whose client sets no ``max_tokens``). Each stage call is sent at most this."""
 
     _cascade: Cascade = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
+        reject_unknown_arguments(type(self), data)
         super().__init__(**data)
         self._cascade = cascade_for(
             self,
@@ -314,10 +318,18 @@ class FrugalChatModel(BaseChatModel):
             ),
             tools=[tools, kwargs.get("tool_choice")] if tools else None,
             strategy=self.strategy_id,
-            max_output_tokens=call_kwargs.get("max_tokens") or max_output_tokens_of(self.stages),
+            max_output_tokens=call_kwargs.pop("max_tokens", None),
             cacheable=metadata.get("frugal_cache", True) is not False,
         )
         return call_kwargs, validate, context
+
+    def _stage_kwargs(self, call_kwargs: dict[str, Any], context: CallContext) -> list[dict[str, Any]]:
+        """Each stage's keywords: the call's, with ``max_tokens`` set to what the cascade reserved for."""
+        out = []
+        for i in range(len(self.stages)):
+            limit = self._cascade.stage_max_tokens(i, context)
+            out.append(call_kwargs if limit is None else {**call_kwargs, "max_tokens": limit})
+        return out
 
     def _children(self, kwargs: dict[str, Any]) -> list[Runnable[Any, BaseMessage]]:
         tools = kwargs.get("tools")
@@ -336,7 +348,8 @@ class FrugalChatModel(BaseChatModel):
         call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
         children = self._children(kwargs)
         configs = _child_configs(run_manager, len(children))
-        calls = [_sync_call(c, messages, cfg, call_kwargs) for c, cfg in zip(children, configs, strict=True)]
+        stage_kwargs = self._stage_kwargs(call_kwargs, context)
+        calls = [_sync_call(c, messages, cfg, kw) for c, cfg, kw in zip(children, configs, stage_kwargs, strict=True)]
         result = self._cascade.run(_convert.query_text(messages), calls, validate, context)
         return ChatResult(generations=[ChatGeneration(message=_convert.final_message(result))])
 
@@ -350,7 +363,8 @@ class FrugalChatModel(BaseChatModel):
         call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
         children = self._children(kwargs)
         configs = _child_configs(run_manager, len(children))
-        calls = [_async_call(c, messages, cfg, call_kwargs) for c, cfg in zip(children, configs, strict=True)]
+        stage_kwargs = self._stage_kwargs(call_kwargs, context)
+        calls = [_async_call(c, messages, cfg, kw) for c, cfg, kw in zip(children, configs, stage_kwargs, strict=True)]
         result = await self._cascade.arun(_convert.query_text(messages), calls, validate, context)
         return ChatResult(generations=[ChatGeneration(message=_convert.final_message(result))])
 
@@ -366,8 +380,9 @@ class FrugalChatModel(BaseChatModel):
         call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
         children = self._children(kwargs)
         configs = _child_configs(run_manager, len(children))
-        calls = [_sync_call(c, messages, cfg, call_kwargs) for c, cfg in zip(children, configs, strict=True)]
-        live = None if kwargs.get("tools") else _sync_live(children[-1], messages, configs[-1], call_kwargs)
+        stage_kwargs = self._stage_kwargs(call_kwargs, context)
+        calls = [_sync_call(c, messages, cfg, kw) for c, cfg, kw in zip(children, configs, stage_kwargs, strict=True)]
+        live = None if kwargs.get("tools") else _sync_live(children[-1], messages, configs[-1], stage_kwargs[-1])
         streamed = False
         for item in self._cascade.stream(_convert.query_text(messages), calls, live, validate, context):
             if isinstance(item, CascadeResult):
@@ -388,8 +403,9 @@ class FrugalChatModel(BaseChatModel):
         call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
         children = self._children(kwargs)
         configs = _child_configs(run_manager, len(children))
-        calls = [_async_call(c, messages, cfg, call_kwargs) for c, cfg in zip(children, configs, strict=True)]
-        live = None if kwargs.get("tools") else _async_live(children[-1], messages, configs[-1], call_kwargs)
+        stage_kwargs = self._stage_kwargs(call_kwargs, context)
+        calls = [_async_call(c, messages, cfg, kw) for c, cfg, kw in zip(children, configs, stage_kwargs, strict=True)]
+        live = None if kwargs.get("tools") else _async_live(children[-1], messages, configs[-1], stage_kwargs[-1])
         streamed = False
         async for item in self._cascade.astream(_convert.query_text(messages), calls, live, validate, context):
             if isinstance(item, CascadeResult):

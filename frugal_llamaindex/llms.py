@@ -21,11 +21,11 @@ from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.tools import BaseTool
-from pydantic import Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from frugal_llamaindex import _convert
-from shared_scorer.assemble import build_from_strategy
-from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator, cascade_for, max_output_tokens_of
+from shared_scorer.assemble import build_from_strategy, reject_unknown_arguments
+from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator, cascade_for
 from shared_scorer.costs import CostTracker
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.hooks import CallContext, Scope, build_context
@@ -33,6 +33,13 @@ from shared_scorer.strategy import Strategy
 from shared_scorer.tools import ToolCallValidator
 
 dispatcher = get_dispatcher(__name__)
+
+_CALL_KEYWORDS = frozenset(
+    {"temperature", "max_tokens", "tenant", "user", "frugal_cache"}  # ours and the standard ones
+    | {"tools", "tool_required", "allow_parallel_tool_calls", "tool_choice"}  # what LlamaIndex's tool calling passes
+)
+_DROPPED_KEYWORDS = ("chat_history", "formatted", "verbose")
+"""Keywords LlamaIndex may pass along that no stage call needs (the messages are already given)."""
 
 
 class FrugalLLM(FunctionCallingLLM):
@@ -60,6 +67,8 @@ class FrugalLLM(FunctionCallingLLM):
             llm.complete("Who wrote Middlemarch?").additional_kwargs["frugal"]["stage"]  # 0
     """
 
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
     stages: list[Any] = Field(description="The stage LLMs, cheapest first (any LlamaIndex LLM).")
     scorer: Any = Field(description="A shared_scorer.Scorer or a function (query, answer) -> [0, 1].")
     thresholds: list[float] = Field(default_factory=list, description="One threshold per stage but the last.")
@@ -81,10 +90,16 @@ class FrugalLLM(FunctionCallingLLM):
         default="stop", description="Unaffordable stage: 'stop' returns the best answer in hand, 'raise' raises."
     )
     strategy_id: str = Field(default="", description="The fitted strategy's id (part of cache fingerprints).")
+    max_output_tokens: dict[str, int] | None = Field(
+        default=None,
+        description="The most output tokens each stage may write, by stage model name (bounds budget reservations; "
+        "needed for a stage whose client sets no max_tokens). Each stage call is sent at most this.",
+    )
 
     _cascade: Cascade = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
+        reject_unknown_arguments(type(self), data)
         super().__init__(**data)
         self._cascade = cascade_for(
             self, is_stage=lambda stage: isinstance(stage, LLM), what="a LlamaIndex LLM", name_of=stage_name
@@ -173,7 +188,20 @@ class FrugalLLM(FunctionCallingLLM):
                 stage.callback_manager = self.callback_manager
 
     def _context(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> CallContext:
-        """The call's scope (``tenant=``/``user=`` keywords win over the fields) and validity fingerprint."""
+        """The call's scope (``tenant=``/``user=`` keywords win over the fields) and validity fingerprint.
+
+        A keyword that is neither ours nor one LlamaIndex passes is refused rather than sent to every
+        provider (set provider options on the stage LLMs themselves).
+        """
+        unknown = sorted(set(kwargs) - _CALL_KEYWORDS - set(_DROPPED_KEYWORDS))
+        if unknown:
+            plural = "s" if len(unknown) > 1 else ""
+            raise ConfigurationError(
+                f"FrugalLLM: unknown per-call keyword{plural} {', '.join(map(repr, unknown))}; a call takes "
+                f"{', '.join(sorted(_CALL_KEYWORDS))} (set other provider options on the stage LLMs)"
+            )
+        for name in _DROPPED_KEYWORDS:
+            kwargs.pop(name, None)
         tenant, user = kwargs.pop("tenant", None), kwargs.pop("user", None)
         tools = kwargs.get("tools")
         specs = [[s.name, s.parameters] for s in _convert.tool_specs(tools)] if tools else None
@@ -182,20 +210,28 @@ class FrugalLLM(FunctionCallingLLM):
             scope=Scope(tenant=str(tenant or self.tenant or "default"), user=str(user or self.user or "default")),
             tools=[specs, "any" if kwargs.get("tool_required") else None] if specs else None,
             strategy=self.strategy_id,
-            max_output_tokens=max_output_tokens_of(self.stages),
+            max_output_tokens=kwargs.pop("max_tokens", None),
             cacheable=kwargs.pop("frugal_cache", True) is not False,
         )
 
     def _plan(
         self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
-    ) -> tuple[list[Callable[..., Any]], list[Callable[..., Any]], Validator, CallContext]:
-        """Per stage: the sync and async chat functions to call; the answer validator; the call's context."""
+    ) -> tuple[list[Callable[..., Any]], list[Callable[..., Any]], list[dict[str, Any]], Validator, CallContext]:
+        """Per stage: the sync and async chat functions and their keywords (``max_tokens`` set to what the
+        cascade reserved for); the answer validator; the call's context."""
         context = self._context(messages, kwargs)
         tools = kwargs.pop("tools", None)
         self._sync_callbacks()
+        stage_kwargs = []
+        for i in range(len(self.stages)):
+            limit = self._cascade.stage_max_tokens(i, context)
+            stage_kwargs.append(kwargs if limit is None else {**kwargs, "max_tokens": limit})
         if not tools:
+            for each in stage_kwargs:
+                for name in ("tool_required", "allow_parallel_tool_calls", "tool_choice"):
+                    each.pop(name, None)
             validate = ToolCallValidator([])
-            return [s.chat for s in self.stages], [s.achat for s in self.stages], validate, context
+            return [s.chat for s in self.stages], [s.achat for s in self.stages], stage_kwargs, validate, context
         required = "any" if kwargs.get("tool_required") else None
         validate = ToolCallValidator(_convert.tool_specs(tools), required)
         sync, asyn = [], []
@@ -204,28 +240,28 @@ class FrugalLLM(FunctionCallingLLM):
                 raise ConfigurationError(f"stage {stage_name(stage)!r} does not support function calling")
             sync.append(_with_tools(stage.chat_with_tools, tools))
             asyn.append(_with_tools(stage.achat_with_tools, tools))
-        return sync, asyn, validate, context
+        return sync, asyn, stage_kwargs, validate, context
 
     @dispatcher.span
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        sync, _, validate, context = self._plan(messages, kwargs)
-        calls = [_call(fn, messages, kwargs) for fn in sync]
+        sync, _, stage_kwargs, validate, context = self._plan(messages, kwargs)
+        calls = [_call(fn, messages, kw) for fn, kw in zip(sync, stage_kwargs, strict=True)]
         result = self._cascade.run(_convert.query_text(messages), calls, validate, context)
         return _convert.final_response(result)
 
     @dispatcher.span
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        _, asyn, validate, context = self._plan(messages, kwargs)
-        calls = [_acall(fn, messages, kwargs) for fn in asyn]
+        _, asyn, stage_kwargs, validate, context = self._plan(messages, kwargs)
+        calls = [_acall(fn, messages, kw) for fn, kw in zip(asyn, stage_kwargs, strict=True)]
         result = await self._cascade.arun(_convert.query_text(messages), calls, validate, context)
         return _convert.final_response(result)
 
     @dispatcher.span
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         has_tools = bool(kwargs.get("tools"))
-        sync, _, validate, context = self._plan(messages, kwargs)
-        calls = [_call(fn, messages, kwargs) for fn in sync]
-        live = None if has_tools else _live(self.stages[-1], messages, kwargs)
+        sync, _, stage_kwargs, validate, context = self._plan(messages, kwargs)
+        calls = [_call(fn, messages, kw) for fn, kw in zip(sync, stage_kwargs, strict=True)]
+        live = None if has_tools else _live(self.stages[-1], messages, stage_kwargs[-1])
 
         def gen() -> ChatResponseGen:
             text = ""
@@ -241,9 +277,9 @@ class FrugalLLM(FunctionCallingLLM):
     @dispatcher.span
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         has_tools = bool(kwargs.get("tools"))
-        _, asyn, validate, context = self._plan(messages, kwargs)
-        calls = [_acall(fn, messages, kwargs) for fn in asyn]
-        live = None if has_tools else _alive(self.stages[-1], messages, kwargs)
+        _, asyn, stage_kwargs, validate, context = self._plan(messages, kwargs)
+        calls = [_acall(fn, messages, kw) for fn, kw in zip(asyn, stage_kwargs, strict=True)]
+        live = None if has_tools else _alive(self.stages[-1], messages, stage_kwargs[-1])
 
         async def gen() -> ChatResponseAsyncGen:
             text = ""

@@ -6,6 +6,7 @@ build the same cascade from the same strategy.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -55,6 +56,12 @@ def strategy_settings(
         from shared_scorer.scoring.distilbert import DistilBertScorer
 
         scorer = DistilBertScorer.load(strategy.scorer_path(), expect_models=chain)
+    for model, name in zip(models, chain, strict=True):
+        if (given := name_of(model)) != name:
+            raise ConfigurationError(
+                f"stages[{name!r}] is a client of {given!r}: it would be called and priced as {given!r}, not "
+                f"as the strategy's {name!r}; key each stage by the model its client calls"
+            )
     if prices is None and strategy.prices:
         prices = {m: (p["input_per_mtok"], p["output_per_mtok"]) for m, p in strategy.prices.items()}
     by_stage = {name_of(s): prices[n] for s, n in zip(models, chain, strict=True) if n in prices} if prices else None
@@ -90,6 +97,22 @@ def build_from_strategy(
         prices=prices,
     )
     return cls(**settings, **model_options)
+
+
+def reject_unknown_arguments(cls: type, arguments: Mapping[str, Any]) -> None:
+    """A :class:`ConfigurationError` naming each argument ``cls`` has no field (or alias) for, with the
+    nearest field name: a misspelt option must not be ignored."""
+    fields = getattr(cls, "model_fields", {})
+    known = set(fields) | {f.alias for f in fields.values() if isinstance(f.alias, str)}
+    unknown = [name for name in arguments if name not in known]
+    if not unknown:
+        return
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    plural = "s" if len(unknown) > 1 else ""
+    raise ConfigurationError(f"{cls.__name__}: unknown argument{plural} {', '.join(parts)}")
 
 
 def strategy_id(strategy: Strategy) -> str:

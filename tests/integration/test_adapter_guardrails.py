@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import GenericFakeChatModel
 
 from frugal_langchain import FrugalChatModel
-from shared_scorer import CostTracker
+from shared_scorer import ConfigurationError, CostTracker
 from shared_scorer.cache import AnswerCache, HashingEmbedder
 
 QUESTION = "What is my account number?"
@@ -113,3 +115,115 @@ def test_stream_stage_calls_are_child_runs_of_the_cascade_run():
         (root, ["frugal:stage=1"], "ann"),
     ]
     assert llm.cost_tracker.scopes == [("default", "ann")]
+
+
+# ---------------------------------------------------------------------- silent acceptance (item 10)
+
+
+def _fake(*answers: str) -> GenericFakeChatModel:
+    return GenericFakeChatModel(messages=iter(answers or ["ok"]))
+
+
+def _mock_llm() -> Any:
+    from llama_index.core.llms import MockLLM
+
+    return MockLLM()
+
+
+@pytest.mark.parametrize("adapter", ["langchain", "llamaindex"])
+def test_unknown_constructor_arguments_are_named(adapter):
+    from frugal_llamaindex import FrugalLLM
+
+    if adapter == "langchain":
+        cls, stage, prices = FrugalChatModel, _fake(), {"GenericFakeChatModel": (1, 1)}
+    else:
+        cls, stage, prices = FrugalLLM, _mock_llm(), {"MockLLM": (1, 1)}
+    with pytest.raises(ConfigurationError, match=r"unknown argument 'return_polcy' \(did you mean 'return_policy'\?\)"):
+        cls(stages=[stage], scorer=lambda q, a: 1.0, prices=prices, return_polcy="best")
+    with pytest.raises(ConfigurationError, match="budget_usd"):
+        cls(stages=[stage], scorer=lambda q, a: 1.0, prices=prices, budget_usd=1)
+    model = cls(stages=[stage], scorer=lambda q, a: 1.0, prices=prices, return_policy="best")
+    assert model.return_policy == "best"
+
+
+def _strategy(tmp_path: Any, chain: tuple[str, ...]) -> Any:
+    from shared_scorer.optimize import Frontier, FrontierPoint
+    from shared_scorer.strategy import Strategy
+
+    point = FrontierPoint(chain, (0.5,) * (len(chain) - 1), accuracy=0.9, cost=0.01, reach=(1.0,) * len(chain))
+    return Strategy.from_frontier(Frontier([point]), scorer="scorer", data_fingerprint="f" * 64)
+
+
+def test_from_strategy_rejects_unknown_options_and_a_stage_keyed_to_another_model(tmp_path):
+    from langchain_openai import ChatOpenAI
+
+    strategy = _strategy(tmp_path, ("gpt-4o-mini", "gpt-4o"))
+    right = {m: ChatOpenAI(model=m, api_key="x") for m in ("gpt-4o-mini", "gpt-4o")}
+    llm = FrugalChatModel.from_strategy(strategy, right, scorer=lambda q, a: 1.0)
+    assert llm.cascade.models == ["gpt-4o-mini", "gpt-4o"]
+    with pytest.raises(ConfigurationError, match="budget_usd"):
+        FrugalChatModel.from_strategy(strategy, right, scorer=lambda q, a: 1.0, budget_usd=1)
+    wrong = {**right, "gpt-4o": ChatOpenAI(model="gpt-4o-mini", api_key="x")}
+    with pytest.raises(ConfigurationError, match=r"stages\['gpt-4o'\] is a client of 'gpt-4o-mini'"):
+        FrugalChatModel.from_strategy(strategy, wrong, scorer=lambda q, a: 1.0)
+
+
+class RecordingBudget:
+    """A budget that grants everything and remembers each reservation's call context and amount."""
+
+    def __init__(self) -> None:
+        self.reserved: list[tuple[int | None, Decimal]] = []
+
+    def reserve(self, context: Any, model: str, amount: Decimal) -> Any:
+        from shared_scorer.hooks import Reservation
+
+        self.reserved.append((context.max_output_tokens, amount))
+        return Reservation(str(len(self.reserved)), amount, context.scope, model)
+
+    def settle(self, reservation: Any, actual: Decimal) -> None:
+        pass
+
+
+def _frugal_llm(**options: Any) -> Any:
+    from frugal_llamaindex import FrugalLLM
+
+    return FrugalLLM(stages=[_mock_llm()], scorer=lambda q, a: 1.0, prices={"MockLLM": (1, 1)}, **options)
+
+
+def test_llamaindex_rejects_unknown_per_call_keywords():
+    from llama_index.core.base.llms.types import ChatMessage
+
+    llm = _frugal_llm()
+    messages = [ChatMessage(role="user", content="hi")]
+    for call in (lambda: llm.chat(messages, temprature=0.1), lambda: llm.complete("hi", temprature=0.1)):
+        with pytest.raises(ConfigurationError, match=r"unknown per-call keyword 'temprature'"):
+            call()
+    with pytest.raises(ConfigurationError, match=r"unknown per-call keyword 'seed'"):
+        list(llm.stream_chat(messages, seed=3))
+    # what LlamaIndex itself passes still works
+    assert llm.chat(messages, temperature=0.1, max_tokens=8, tenant="t", user="u", frugal_cache=False).message.content
+
+
+@pytest.mark.parametrize("adapter", ["langchain", "llamaindex"])
+def test_per_call_max_tokens_bounds_the_reservation(adapter):
+    budget = RecordingBudget()
+    if adapter == "langchain":
+        llm = FrugalChatModel(
+            stages=[_fake("a", "b", "c")],
+            scorer=lambda q, a: 1.0,
+            prices={"GenericFakeChatModel": (1, 1)},
+            budget=budget,
+            max_output_tokens={"GenericFakeChatModel": 100},
+        )
+        call = lambda **kw: llm.invoke("hi", **kw)  # noqa: E731
+    else:
+        llm = _frugal_llm(budget=budget, max_output_tokens={"MockLLM": 100})
+        call = lambda **kw: llm.complete("hi", **kw)  # noqa: E731
+    call()
+    call(max_tokens=7)
+    call(max_tokens=700)  # never more than the stage's own limit
+    assert budget.reserved == [(None, Decimal("0.000182")), (7, Decimal("0.000089")), (700, Decimal("0.000182"))]
+    for bad in (-5, "abc", 2.5):
+        with pytest.raises(ConfigurationError, match="max_tokens"):
+            call(max_tokens=bad)
+    assert len(budget.reserved) == 3

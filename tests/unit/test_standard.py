@@ -27,6 +27,13 @@ class TestFrugalChatModelUnit(ChatModelUnitTests):
         }
 
     @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        # each stage client owns its key: FrugalChatModel refuses an api_key it would only ignore
+        params = dict(super().standard_chat_model_params)
+        params.pop("api_key", None)
+        return params
+
+    @property
     def has_tool_calling(self) -> bool:
         return True
 
