@@ -178,6 +178,18 @@ def completion_body(reply: Reply, *, completion_id: str, model: str, created: in
     return body
 
 
+def chunk_body(delta: JSON, *, completion_id: str, model: str, created: int, finish_reason: str | None = None) -> JSON:
+    """One ``chat.completion.chunk`` object with one choice carrying ``delta``."""
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [choice],
+    }
+
+
 def split_text(text: str, size: int = CHUNK_CHARS) -> list[str]:
     """Cut ``text`` into pieces of ``size`` characters that join back to exactly ``text``."""
     return [text[i : i + size] for i in range(0, len(text), size)]
@@ -200,14 +212,7 @@ def stream_chunks(
     """
 
     def chunk(delta: JSON, finish_reason: str | None = None) -> JSON:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        body: JSON = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [choice],
-        }
+        body = chunk_body(delta, completion_id=completion_id, model=model, created=created, finish_reason=finish_reason)
         if include_usage:
             body["usage"] = None
         return body

@@ -36,6 +36,19 @@ class ReplayRequest(NamedTuple):
     fault: str | None
 
 
+class ReplayBill(NamedTuple):
+    """What one answered chat request was billed: the tokens of the usage the server sent back."""
+
+    number: int
+    """The request's position in :attr:`ReplayServer.requests` (1-based)."""
+    model: str
+    query: str
+    input_tokens: int
+    output_tokens: int
+    max_tokens: int | None
+    """The request's output-token limit (``max_completion_tokens``, else ``max_tokens``), if any."""
+
+
 class ReplayServer:
     """A local OpenAI-compatible chat-completions server that answers from recorded data.
 
@@ -75,6 +88,7 @@ class ReplayServer:
         self._lock = threading.Lock()
         self._faults: dict[str, tuple[str, int | None]] = {}
         self._log: list[ReplayRequest] = []
+        self._bills: list[ReplayBill] = []
         self._tool_calls = 0
         self._stopping = threading.Event()
         self._httpd: HTTPServer | None = None
@@ -195,6 +209,14 @@ class ReplayServer:
     def clear_requests(self) -> None:
         with self._lock:
             self._log.clear()
+            self._bills.clear()
+
+    @property
+    def bills(self) -> list[ReplayBill]:
+        """A snapshot of what every answered request was billed (requests whose reply carried a usage),
+        recorded when the reply is built: a client that hangs up while it is written is billed all the same."""
+        with self._lock:
+            return list(self._bills)
 
     def _take_fault(self, model: str, query: str) -> tuple[int, str | None]:
         """Log the request and consume the fault that applies to it; returns (request number, fault)."""
@@ -256,6 +278,8 @@ class ReplayServer:
         with self._lock:
             first = self._tool_calls + 1
             self._tool_calls += len(reply.tool_calls)
+            if reply.usage is not None:
+                self._bills.append(ReplayBill(number, model, query, *reply.usage, output_limit(body)))
         common: dict[str, Any] = {
             "completion_id": f"chatcmpl-replay-{number}",
             "model": model,

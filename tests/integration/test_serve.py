@@ -2,88 +2,143 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import openai
 import pytest
 
 from shared_scorer import TokenPrice
-from shared_scorer.budget import Budget, Limit, MemoryLedger
+from shared_scorer.budget import Budget, LedgerCostTracker, LedgerError, Limit, MemoryLedger
 from shared_scorer.budget.redis_server import free_port
 from shared_scorer.hooks import Scope
+from shared_scorer.replay import ReplayServer
 from shared_scorer.replay.testing import make_record, replay_server
 from tests.conftest import require
 
 SMALL, BIG = "serve-small", "serve-big"
 PRICES = {SMALL: ("0.5", "1.5"), BIG: ("5", "15")}
 QUESTION = "Who wrote Middlemarch?"
+LONG = "Retell Middlemarch in full."
+LONG_ANSWER = "George Eliot wrote it. " + "Dorothea marries Casaubon. " * 1500  # ~40 kB, 2,000 stream chunks
 RECORDS = [
     make_record(QUESTION, "Charles Dickens", model=SMALL, input_tokens=12, output_tokens=3),
     make_record(QUESTION, "George Eliot, the pen name of Mary Ann Evans", model=BIG, input_tokens=12, output_tokens=9),
+    make_record(LONG, "no idea", model=SMALL, input_tokens=8, output_tokens=2),
+    make_record(LONG, LONG_ANSWER, model=BIG, input_tokens=8, output_tokens=5000),
 ]
-KEYS = {"sk-acme": {"tenant": "acme", "user": "svc"}, "sk-broke": {"tenant": "broke"}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+BOOK_SCHEMA = {
+    "name": "book",
+    "schema": {"type": "object", "properties": {"author": {"type": "string"}}, "required": ["author"]},
+}
+SCENARIOS = [
+    {"model": "*", "match": "weather in Paris", "tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}],
+     "usage": {"prompt_tokens": 30, "completion_tokens": 7}},
+    {"model": "*", "match": "Which author", "tool_calls": [{"name": "book", "arguments": {"author": "George Eliot"}}],
+     "usage": {"prompt_tokens": 25, "completion_tokens": 6}},
+]  # fmt: skip
+KEYS = {
+    "sk-acme": {"tenant": "acme", "user": "svc"},
+    "sk-broke": {"tenant": "broke"},
+    "sk-team": {"tenant": "team"},  # the request's "user" names the user
+}
 
 
 def cost(model: str, tokens_in: int, tokens_out: int) -> Decimal:
     return TokenPrice(*PRICES[model]).cost(tokens_in, tokens_out)
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[str, Budget]]:
-    import importlib.util
+def scorer(query: str, answer: str) -> float:
+    return 0.9 if answer.startswith("George") else 0.1
 
-    for package in ("uvicorn", "starlette"):
-        require(importlib.util.find_spec(package) is not None, f"{package} is not installed (pip install {package})")
+
+@dataclass
+class Served:
+    base_url: str
+    budget: Budget
+    replay: ReplayServer
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """``app`` under uvicorn on a free port of 127.0.0.1; yields its ``/v1`` URL."""
     import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def chat_stages(replay: ReplayServer, max_tokens: int | None = 50, timeout: float = 5) -> list[Any]:
     from langchain_openai import ChatOpenAI
 
+    return [
+        ChatOpenAI(model=m, base_url=replay.base_url, api_key="x", max_retries=0, timeout=timeout,
+                   max_tokens=max_tokens, stream_usage=True)
+        for m in (SMALL, BIG)
+    ]  # fmt: skip
+
+
+def require_serve() -> None:
+    for package in ("uvicorn", "starlette"):
+        require(importlib.util.find_spec(package) is not None, f"{package} is not installed (pip install {package})")
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    require_serve()
     from frugal_langchain import FrugalChatModel
     from frugal_langchain.serve import make_app
 
     budget = Budget(MemoryLedger(), [Limit("tenant", "1", period="day"), Limit("tenant", "0.0001", tenant="broke")])
-    with replay_server(RECORDS) as replay:
+    with replay_server(RECORDS, SCENARIOS) as replay:
 
         def factory(budget: Budget | None) -> FrugalChatModel:
-            stages = [
-                ChatOpenAI(
-                    model=m,
-                    base_url=replay.base_url,
-                    api_key="x",
-                    max_retries=0,
-                    timeout=5,
-                    max_tokens=50,
-                    stream_usage=True,
-                )
-                for m in (SMALL, BIG)
-            ]
-            scorer = lambda q, a: 0.9 if a.startswith("George") else 0.1  # noqa: E731
+            stages = chat_stages(replay)
             return FrugalChatModel(stages=stages, scorer=scorer, thresholds=[0.5], prices=PRICES, budget=budget)
 
-        port = free_port()
-        config = uvicorn.Config(make_app(factory, KEYS, budget), host="127.0.0.1", port=port, log_level="warning")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        try:
-            yield f"http://127.0.0.1:{port}/v1", budget
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+        with serving(make_app(factory, KEYS, budget, max_body_bytes=4096)) as base_url:
+            yield Served(base_url, budget, replay)
 
 
-def client(base_url: str, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=10)
+def client(base_url: str, key: str, max_retries: int = 0) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=max_retries, timeout=10)
+
+
+def ask(served: Served, key: str = "sk-acme", **options: Any) -> Any:
+    messages = options.pop("messages", [{"role": "user", "content": QUESTION}])
+    return client(served.base_url, key).chat.completions.create(model="frugal", messages=messages, **options)
 
 
 def test_plain_completion_escalates_and_charges_the_keys_tenant(served):
-    base_url, budget = served
+    base_url, budget = served.base_url, served.budget
     before = budget.status(Scope("acme", "svc"))[0].spent_usd
     reply = client(base_url, "sk-acme").chat.completions.create(
         model="frugal", messages=[{"role": "user", "content": QUESTION}]
@@ -99,7 +154,7 @@ def test_plain_completion_escalates_and_charges_the_keys_tenant(served):
 
 
 def test_streaming_completion(served):
-    base_url, _ = served
+    base_url = served.base_url
     stream = client(base_url, "sk-acme").chat.completions.create(
         model="frugal", messages=[{"role": "user", "content": QUESTION}], stream=True
     )
@@ -113,7 +168,7 @@ def test_streaming_completion(served):
 
 
 def test_invalid_or_missing_key_is_refused(served):
-    base_url, _ = served
+    base_url = served.base_url
     with pytest.raises(openai.AuthenticationError) as info:
         client(base_url, "sk-wrong").chat.completions.create(model="f", messages=[{"role": "user", "content": "hi"}])
     assert info.value.status_code == 401 and info.value.code == "invalid_api_key"
@@ -124,7 +179,7 @@ def test_invalid_or_missing_key_is_refused(served):
 
 
 def test_budget_scope_follows_the_key(served):
-    base_url, budget = served
+    base_url, budget = served.base_url, served.budget
     with pytest.raises(openai.RateLimitError) as info:
         client(base_url, "sk-broke").chat.completions.create(
             model="f", messages=[{"role": "user", "content": QUESTION}]
@@ -132,3 +187,279 @@ def test_budget_scope_follows_the_key(served):
     assert info.value.status_code == 429 and info.value.code == "budget_exceeded"
     assert "tenant 'broke' daily limit $0.0001: spent $0.00 + held $0.00, this stage (serve-small)" in str(info.value)
     assert budget.status(Scope("broke"))[0].spent_usd == 0
+
+
+# ------------------------------------------------------------------------------- bad input, limits
+
+
+@pytest.mark.parametrize("value", [-5, "abc", -1_000_000_000, True, 0, 2.5])
+def test_hostile_max_tokens_is_a_400_and_calls_no_stage(served, value):
+    before = served.replay.request_count()
+    for key in ("max_tokens", "max_completion_tokens"):
+        with pytest.raises(openai.BadRequestError) as info:
+            ask(served, extra_body={key: value})
+        assert info.value.status_code == 400 and info.value.param == key
+        assert info.value.body["message"].startswith(f"'{key}' must be a positive integer, got ")
+    assert served.replay.request_count() == before
+
+
+def test_request_max_tokens_only_lowers_each_stages_cap(served):
+    def caps_sent(**options: Any) -> list[int | None]:
+        served.replay.clear_requests()
+        ask(served, **options)
+        return [bill.max_tokens for bill in served.replay.bills]
+
+    assert caps_sent() == [50, 50]  # the stages' own caps
+    assert caps_sent(max_tokens=1000) == [50, 50]  # a request never raises a stage's cap
+    assert caps_sent(max_tokens=20) == [20, 20]
+    assert caps_sent(max_completion_tokens=30, max_tokens=40) == [30, 30]
+
+
+def test_strategy_caps_are_kept_and_max_tokens_caps_only_the_uncapped_stages():
+    require_serve()
+    from frugal_langchain import FrugalChatModel
+    from frugal_langchain.serve import openai_stages
+    from shared_scorer.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--strategy", "s.json", "--keys", "k.json", "--stages-base-url", "u"])
+    assert (args.max_tokens, args.stage_timeout, args.stage_retries, args.max_body_bytes) == (None, 60.0, 1, 1 << 20)
+    stages = openai_stages(strategy(), base_url="http://127.0.0.1:9/v1", api_key="x", max_tokens=1024)
+    assert {m: (s.max_tokens, s.request_timeout, s.max_retries, s.stream_usage) for m, s in stages.items()} == {
+        SMALL: (1024, 60.0, 1, True),
+        BIG: (None, 60.0, 1, True),
+    }
+    model = FrugalChatModel.from_strategy(strategy(), stages, scorer=scorer, prices=PRICES)
+    assert [s.max_tokens for s in model.stages] == [1024, 40]  # BIG@40: the learned cap, not --max-tokens
+
+
+def strategy() -> Any:
+    from shared_scorer.optimize import Frontier, FrontierPoint
+    from shared_scorer.strategy import Strategy
+
+    point = FrontierPoint((SMALL, f"{BIG}@40"), (0.5,), accuracy=0.9, cost=0.001, reach=(1.0, 0.5))
+    return Strategy.from_frontier(Frontier([point]), scorer="scorer", data_fingerprint="f" * 64)
+
+
+def test_body_over_the_limit_is_a_413(served):
+    import httpx
+
+    before = served.replay.request_count()
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(served, messages=[{"role": "user", "content": "x" * 5000}])
+    assert info.value.status_code == 413 and info.value.code == "request_too_large"
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the limit holds on what is actually sent
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}]}'
+
+    headers = {"authorization": "Bearer sk-acme", "content-type": "application/json"}
+    reply = httpx.post(f"{served.base_url}/chat/completions", content=chunked(), headers=headers)
+    assert reply.status_code == 413 and reply.json()["error"]["code"] == "request_too_large"
+    assert httpx.post(f"{served.base_url}/chat/completions", content=b"{nope", headers=headers).status_code == 400
+    assert served.replay.request_count() == before
+
+
+# ------------------------------------------------------------------------------- failures
+
+
+def test_all_stages_failed_is_not_retried_by_the_sdk(served):
+    served.replay.clear_requests()
+    served.replay.set_fault("*", "500")
+    try:
+        with pytest.raises(openai.UnprocessableEntityError) as info:
+            client(served.base_url, "sk-acme", max_retries=2).chat.completions.create(
+                model="frugal", messages=[{"role": "user", "content": QUESTION}]
+            )
+    finally:
+        served.replay.clear_faults()
+    assert served.replay.request_count() == 2, "one client call, one call per stage"
+    assert info.value.status_code == 422 and info.value.code == "all_stages_failed"
+    assert info.value.response.headers["x-should-retry"] == "false"
+    trail = info.value.body["frugal"] if "frugal" in info.value.body else info.value.response.json()["frugal"]
+    assert [(s["model"], s["status"]) for s in trail["stages"]] == [(SMALL, "error"), (BIG, "error")]
+
+
+def test_a_hanging_stage_times_out_and_escalates(served):
+    from frugal_langchain import FrugalChatModel
+    from frugal_langchain.serve import make_app, openai_stages
+
+    stages = openai_stages(strategy(), base_url=served.replay.base_url, api_key="x", timeout_s=0.5, max_retries=0)
+    app = make_app(lambda b: FrugalChatModel.from_strategy(strategy(), stages, scorer=scorer, prices=PRICES), KEYS)
+    served.replay.set_fault(SMALL, "hang", 1)
+    started = time.monotonic()
+    with serving(app) as base_url:
+        reply = client(base_url, "sk-acme").chat.completions.create(
+            model="frugal", messages=[{"role": "user", "content": QUESTION}]
+        )
+    assert time.monotonic() - started < 8
+    assert reply.choices[0].message.content == "George Eliot, the pen name of Mary Ann Evans"
+    stages_trail = reply.model_extra["frugal"]["stages"]
+    assert [(s["model"], s["status"]) for s in stages_trail] == [(SMALL, "error"), (BIG, "accepted")]
+
+
+# ------------------------------------------------------------------------------- tools, structured output
+
+
+def test_tools_and_tool_choice_reach_the_stages(served):
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    reply = ask(served, messages=messages, tools=[WEATHER_TOOL], tool_choice="auto")
+    (call,) = reply.choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert Decimal(reply.model_extra["frugal"]["cost_usd"]) == cost(SMALL, 30, 7) + cost(BIG, 30, 7)
+    chunks = list(ask(served, messages=messages, tools=[WEATHER_TOOL], stream=True))
+    deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert deltas[0].function.name == "get_weather"
+    assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {"city": "Paris"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert Decimal(chunks[-1].model_extra["frugal"]["cost_usd"]) == cost(SMALL, 30, 7) + cost(BIG, 30, 7)
+
+
+def test_response_format_json_schema_is_answered_as_json(served):
+    messages = [{"role": "user", "content": "Which author wrote Middlemarch?"}]
+    reply = ask(served, messages=messages, response_format={"type": "json_schema", "json_schema": BOOK_SCHEMA})
+    assert json.loads(reply.choices[0].message.content) == {"author": "George Eliot"}
+    assert reply.choices[0].message.tool_calls is None and reply.choices[0].finish_reason == "stop"
+    plain = ask(served, response_format={"type": "json_object"})
+    assert plain.choices[0].message.content == "George Eliot, the pen name of Mary Ann Evans"
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(served, response_format={"type": "xml"})
+    assert info.value.param == "response_format"
+
+
+# ------------------------------------------------------------------------------- scope: cache, ledger
+
+
+def test_answer_cache_is_scoped_by_the_keys_user_on_every_path(served):
+    from frugal_langchain import FrugalChatModel
+    from frugal_langchain.serve import make_app
+    from shared_scorer.cache import AnswerCache, HashingEmbedder
+
+    cache = AnswerCache(embedder=HashingEmbedder())
+    stages = chat_stages(served.replay)
+    model = FrugalChatModel(stages=stages, scorer=scorer, thresholds=[0.5], prices=PRICES, answer_cache=cache)
+    replay = served.replay
+    with serving(make_app(lambda b: model, KEYS)) as base_url:
+
+        def calls(user: str, stream: bool) -> tuple[str, int]:
+            before = replay.request_count()
+            messages = [{"role": "user", "content": QUESTION}]
+            api = client(base_url, "sk-team").chat.completions
+            if stream:
+                chunks = list(api.create(model="f", messages=messages, user=user, stream=True))
+                text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            else:
+                text = api.create(model="f", messages=messages, user=user).choices[0].message.content
+            return text, replay.request_count() - before
+
+        answer = "George Eliot, the pen name of Mary Ann Evans"
+        assert calls("ann", stream=False) == (answer, 2)
+        assert calls("ann", stream=False) == (answer, 0)  # ann's own cached answer
+        assert calls("bob", stream=False) == (answer, 2)  # never ann's
+        assert calls("carol", stream=True) == (answer, 2)
+        assert calls("dave", stream=True) == (answer, 2)  # never carol's, streamed or not
+        assert calls("carol", stream=False) == (answer, 0)
+        assert calls("ann", stream=True) == (answer, 0)
+    assert cache.backend.count() == 4  # one entry per user
+
+
+def test_ledger_down_fails_closed_and_never_shows_the_password(served, caplog):
+    import httpx
+
+    from frugal_langchain import FrugalChatModel
+    from frugal_langchain.serve import make_app
+    from shared_scorer.budget.redis_ledger import RedisLedger
+
+    require(importlib.util.find_spec("redis") is not None, "the redis package is not installed (pip install redis)")
+    caplog.set_level(logging.DEBUG)
+    budget = Budget(RedisLedger(f"redis://:s3cret@127.0.0.1:{free_port()}/0"), [Limit("tenant", "1")])
+
+    def factory(budget: Budget | None) -> FrugalChatModel:
+        return FrugalChatModel(stages=chat_stages(served.replay), scorer=scorer, thresholds=[0.5], prices=PRICES,
+                               budget=budget)  # fmt: skip
+
+    before = served.replay.request_count()
+    with serving(make_app(factory, KEYS, budget)) as base_url:
+        with pytest.raises(openai.InternalServerError) as info:
+            client(base_url, "sk-acme").chat.completions.create(
+                model="f", messages=[{"role": "user", "content": QUESTION}]
+            )
+        body = {"model": "f", "messages": [{"role": "user", "content": QUESTION}], "stream": True}
+        streamed = httpx.post(f"{base_url}/chat/completions", json=body, headers={"authorization": "Bearer sk-acme"})
+    assert info.value.status_code == 503 and info.value.code == "ledger_unavailable"
+    assert streamed.status_code == 503 and streamed.json()["error"]["code"] == "ledger_unavailable"
+    assert served.replay.request_count() == before, "no provider call without a ledger"
+    assert "s3cret" not in info.value.response.text + streamed.text
+    assert "s3cret" not in caplog.text
+    assert "redis://:***@127.0.0.1" in caplog.text, "the log names the ledger, password hidden"
+
+
+def test_client_that_hangs_up_mid_stream_is_charged_what_the_provider_billed(served):
+    import httpx
+
+    from frugal_langchain import FrugalChatModel
+    from frugal_langchain.serve import make_app
+
+    ledger = MemoryLedger()
+    budget = Budget(ledger, [Limit("tenant", "10", period="day")])
+
+    def factory(budget: Budget | None) -> FrugalChatModel:
+        return FrugalChatModel(stages=chat_stages(served.replay, max_tokens=8192), scorer=scorer, thresholds=[0.5],
+                               prices=PRICES, budget=budget, cost_tracker=LedgerCostTracker(ledger))  # fmt: skip
+
+    served.replay.clear_requests()
+    body = {"model": "f", "messages": [{"role": "user", "content": LONG}], "stream": True}
+    with serving(make_app(factory, KEYS, budget)) as base_url:
+        headers = {"authorization": "Bearer sk-acme"}
+        with httpx.stream("POST", f"{base_url}/chat/completions", json=body, headers=headers) as response:
+            lines = response.iter_lines()
+            received = [next(lines) for _ in range(6)]  # a few chunks of the answer, then hang up
+        assert any("George Eliot" in line for line in received)
+        billed = sum((cost(b.model, b.input_tokens, b.output_tokens) for b in served.replay.bills), Decimal(0))
+        assert billed == cost(SMALL, 8, 2) + cost(BIG, 8, 5000)
+        deadline = time.monotonic() + 10
+        while budget.status(Scope("acme", "svc"))[0].spent_usd != billed and time.monotonic() < deadline:
+            time.sleep(0.05)
+    status = budget.status(Scope("acme", "svc"))[0]
+    assert (status.spent_usd, status.held_usd) == (billed, 0)
+    assert sum((r.cost_usd for r in ledger.records()), Decimal(0)) == billed
+    assert {(r.tenant, r.user) for r in ledger.records()} == {("acme", "svc")}
+
+
+class SettleFailsOnce(MemoryLedger):
+    """A ledger that fails once between reserve and settle (as Redis going down mid-call would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = 0
+
+    def settle(self, rid: str, keys: Any, actual_nano: int) -> None:
+        if not self.failed:
+            self.failed += 1
+            raise LedgerError("Redis ledger at redis://:***@127.0.0.1:1/0 (prefix 'frugal'): ConnectionError")
+        super().settle(rid, keys, actual_nano)
+
+
+def test_ledger_failing_between_reserve_and_settle_keeps_the_paid_answer_and_records_it(served, caplog):
+    from frugal_langchain import FrugalChatModel
+    from frugal_langchain.serve import make_app
+
+    ledger = SettleFailsOnce()
+    budget = Budget(ledger, [Limit("tenant", "10", period="day")])
+
+    def factory(budget: Budget | None) -> FrugalChatModel:
+        return FrugalChatModel(stages=chat_stages(served.replay), scorer=scorer, thresholds=[0.5], prices=PRICES,
+                               budget=budget, cost_tracker=LedgerCostTracker(ledger))  # fmt: skip
+
+    with serving(make_app(factory, KEYS, budget)) as base_url:
+        reply = client(base_url, "sk-acme").chat.completions.create(
+            model="f", messages=[{"role": "user", "content": QUESTION}]
+        )
+    assert reply.choices[0].message.content == "George Eliot, the pen name of Mary Ann Evans"
+    expected = cost(SMALL, 12, 3) + cost(BIG, 12, 9)
+    assert Decimal(reply.model_extra["frugal"]["cost_usd"]) == expected
+    assert ledger.failed == 1
+    assert sum((r.cost_usd for r in ledger.records()), Decimal(0)) == expected, "the paid cost is recorded"
+    assert str(cost(SMALL, 12, 3)) in caplog.text, "the unsettled amount is logged"
