@@ -757,7 +757,7 @@ def cascade_for(
 def max_output_tokens_of(stages: Sequence[object]) -> int | None:
     """The largest number of output tokens any stage may write (see :func:`output_limit_of`), when every
     stage has a known limit; else ``None``."""
-    limits = [output_limit_of(stage, "") for stage in stages]
+    limits = [output_limit_of(stage, f"{i} ({type(stage).__name__})") for i, stage in enumerate(stages)]
     ints = [x for x in limits if x is not None]
     return max(ints) if len(ints) == len(limits) else None
 
