@@ -302,12 +302,14 @@ class Cascade:
         yield _Store(query, output.text, context, attempt.model, attempt.score, result.cost_usd)
 
     def _price(self, attempt: Attempt, output: StageOutput) -> None:
-        attempt.usage_estimated = bool(output.usage_estimated)
-        attempt.usage_reported = (
-            output.input_tokens is not None and output.output_tokens is not None and not attempt.usage_estimated
-        )
-        attempt.input_tokens = output.input_tokens or 0
-        attempt.output_tokens = output.output_tokens or 0
+        """Bill the stage on its token counts; a count that is not a whole number >= 0 is taken as 0 and
+        the usage as not reported (a negative count must never lower a cost or credit a budget)."""
+        input_tokens = _tokens(getattr(output, "input_tokens", None))
+        output_tokens = _tokens(getattr(output, "output_tokens", None))
+        attempt.usage_estimated = getattr(output, "usage_estimated", False) is True
+        attempt.usage_reported = input_tokens is not None and output_tokens is not None and not attempt.usage_estimated
+        attempt.input_tokens = input_tokens or 0
+        attempt.output_tokens = output_tokens or 0
         attempt.cost_usd = self.prices[attempt.stage].cost(attempt.input_tokens, attempt.output_tokens)
 
     def _result(
@@ -618,6 +620,12 @@ def _kept(output: Any) -> Any:
     if isinstance(output, StageOutput) and output.truncated and output.text.strip():
         return replace(output, truncated=False)
     return output
+
+
+def _tokens(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
 
 
 def _check_output(output: StageOutput) -> str | None:

@@ -443,3 +443,14 @@ def test_budget_errors_live_in_the_one_tree_and_old_imports_still_work():
     assert FromHooks is BudgetExceeded and issubclass(BudgetExceeded, FrugalError)
     assert shared_scorer.BudgetExceeded is BudgetExceeded and shared_scorer.LedgerError is LedgerError
     assert "BudgetExceeded" in errors.__doc__ and "LedgerError" in errors.__doc__
+
+
+def test_negative_or_malformed_token_counts_never_make_a_negative_cost():
+    budget = Recorder()
+    cascade = Cascade(["small"], [], lambda q, a: 1.0, prices=PRICES, budget=budget, output_limits=[100])
+    result = cascade.run("q", [lambda: StageOutput("a", -1_000_000, 10)], context=context())
+    attempt = result.attempts[0]
+    assert (attempt.input_tokens, attempt.output_tokens, attempt.usage_reported) == (0, 10, False)
+    assert result.cost_usd == Decimal("0.00002") and budget.settled == [("small", Decimal("0.00002"))]
+    result = cascade.run("q", [lambda: StageOutput("a", 5, True)], context=context())
+    assert (result.attempts[0].output_tokens, result.cost_usd) == (0, Decimal("0.000005"))
