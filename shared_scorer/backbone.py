@@ -123,6 +123,92 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
+_POSITIVE_INTS = ("vocab_size", "max_position_embeddings", "n_layers", "n_heads", "dim", "hidden_dim")
+_FRACTIONS = ("dropout", "attention_dropout", "qa_dropout", "seq_classif_dropout")
+TOKENIZER_VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
+"""A tokenizer folder needs one of these: without them transformers builds a vocabulary of special tokens."""
+
+
+def distilbert_config(raw: Mapping[str, Any], path: Path) -> Any:
+    """A ``DistilBertConfig`` from a checkpoint's ``config.json`` (already decoded), every field checked:
+    a wrong type or value is a :class:`CheckpointError` naming ``path`` and the field."""
+    from transformers import DistilBertConfig
+    from transformers.activations import ACT2FN
+
+    def fail(message: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {message}")
+
+    kind = raw.get("model_type", "distilbert")
+    if kind != "distilbert":
+        raise fail(f"field 'model_type' must be 'distilbert', got {kind!r:.40}")
+    for name in _POSITIVE_INTS:
+        value = raw.get(name)
+        if name in raw and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise fail(f"field {name!r} must be a positive integer, got {value!r:.40}")
+    for name in _FRACTIONS:
+        value = raw.get(name)
+        if name in raw and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1):
+            raise fail(f"field {name!r} must be a number in [0, 1], got {value!r:.40}")
+    value = raw.get("initializer_range", 0.02)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 10:
+        raise fail(f"field 'initializer_range' must be a small number >= 0, got {value!r:.40}")
+    if not isinstance(raw.get("sinusoidal_pos_embds", False), bool):
+        raise fail(f"field 'sinusoidal_pos_embds' must be true or false, got {raw['sinusoidal_pos_embds']!r:.40}")
+    activation = raw.get("activation", "gelu")
+    if not isinstance(activation, str) or activation not in ACT2FN:
+        raise fail(f"field 'activation' must be one of {sorted(ACT2FN)[:8]}..., got {activation!r:.40}")
+    pad = raw.get("pad_token_id", 0)
+    if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
+        raise fail(f"field 'pad_token_id' must be a non-negative integer, got {pad!r:.40}")
+    try:
+        config = DistilBertConfig.from_dict(dict(raw))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise fail(f"not a DistilBERT config ({exc})") from None
+    if config.dim % config.n_heads:
+        raise fail(f"field 'dim' ({config.dim}) must be a multiple of 'n_heads' ({config.n_heads})")
+    if config.pad_token_id is not None and config.pad_token_id >= config.vocab_size:
+        raise fail(f"field 'pad_token_id' ({config.pad_token_id}) must be below 'vocab_size' ({config.vocab_size})")
+    return config
+
+
+def checkpoint_file(folder: Path, name: object, where: str) -> Path:
+    """``folder / name`` for a file a checkpoint's metadata names (``where``: the file and field, for errors).
+
+    The name must be a relative path that stays inside ``folder``: no absolute path, no ``..``, and no
+    symbolic link that resolves outside the folder; anything else is a :class:`CheckpointError`.
+    """
+    if not isinstance(name, str) or not name.strip() or "\\" in name or "\x00" in name:
+        raise CheckpointError(f"{where} must name files inside the checkpoint folder, got {name!r:.80}")
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise CheckpointError(f"{where} names {name!r:.80}, outside the checkpoint folder {folder}")
+    path = folder / relative
+    target = path.resolve()
+    if not target.is_relative_to(folder.resolve()):
+        raise CheckpointError(f"{path}: a link to {target}, outside the checkpoint folder {folder}")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: object, meta: Path) -> None:
+    """A missing file, or one whose SHA-256 is not ``expected`` (as recorded in ``meta``), is a
+    :class:`CheckpointError`: a corrupt or replaced file is never loaded."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    if not isinstance(expected, str) or file_sha256(path) != expected:
+        raise CheckpointError(f"{path}: SHA-256 differs from {meta.name} (corrupt or replaced)")
+
+
 def read_safetensors(path: Path) -> dict[str, Any]:
     """Load a safetensors file into CPU tensors; a missing or corrupt file is a :class:`CheckpointError`."""
     from safetensors.torch import load_file
@@ -200,7 +286,6 @@ def bert_to_distilbert_state(bert_state: Mapping[str, Any], n_layers: int) -> di
 
 def load_distilbert_encoder(folder: Path) -> tuple[Any, dict[str, Any]]:
     """``(DistilBertConfig, DistilBertModel state dict)`` from a BERT or DistilBERT checkpoint folder."""
-    from transformers import DistilBertConfig
 
     raw = read_config(folder)
     kind = raw.get("model_type")
@@ -210,7 +295,7 @@ def load_distilbert_encoder(folder: Path) -> tuple[Any, dict[str, Any]]:
     if kind == "bert":
         config = distilbert_config_from_bert(raw)
         return config, bert_to_distilbert_state(state, config.n_layers)
-    config = DistilBertConfig.from_dict(raw)
+    config = distilbert_config(raw, folder / "config.json")
     encoder = {k.removeprefix("distilbert."): v for k, v in state.items()}
     encoder = {k: v for k, v in encoder.items() if k.startswith(("embeddings.", "transformer."))}
     return config, encoder
@@ -226,9 +311,12 @@ def tiny_config(vocab_size: int = 30522) -> Any:
 
 
 def load_tokenizer(folder: Path) -> Any:
-    """The tokenizer saved in ``folder`` (local files only)."""
+    """The tokenizer saved in ``folder`` (local files only); a folder without a vocabulary file (see
+    :data:`TOKENIZER_VOCAB_FILES`) is a :class:`CheckpointError`, never a tokenizer of special tokens only."""
     from transformers import AutoTokenizer
 
+    if not any((folder / name).is_file() for name in TOKENIZER_VOCAB_FILES):
+        raise CheckpointError(f"{folder}: no tokenizer vocabulary (tokenizer.json or vocab.txt) in the folder")
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:

@@ -222,17 +222,23 @@ class PairVerifier(ThresholdedVerifier):
     # ------------------------------------------------------------------ persistence
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``model.safetensors``, ``config.json``, the tokenizer and ``verifier.json`` (no pickle)."""
+        """Write ``model.safetensors``, ``config.json``, the tokenizer and ``verifier.json`` (no pickle), with
+        the SHA-256 of every file in ``verifier.json``."""
         from safetensors.torch import save_file
+
+        from shared_scorer.backbone import file_sha256
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
         save_file(state, str(folder / "model.safetensors"))
         (folder / "config.json").write_text(self.model.config.to_json_string())
-        self.tokenizer.save_pretrained(str(folder / "tokenizer"))
+        written = [Path(f) for f in self.tokenizer.save_pretrained(str(folder / "tokenizer"))]
+        files = ["model.safetensors", "config.json"]
+        files += [f"tokenizer/{f.name}" for f in written if f.parent == folder / "tokenizer" and f.is_file()]
         meta = {
             "format": FORMAT,
+            "sha256": {name: file_sha256(folder / name) for name in files},
             "threshold": self.threshold,
             "min_similarity": self.min_similarity,
             "max_length": self.max_length,
@@ -244,10 +250,18 @@ class PairVerifier(ThresholdedVerifier):
 
     @classmethod
     def load(cls, folder: str | Path) -> PairVerifier:
-        """Load a folder written by :meth:`save`; anything missing or corrupt is a :class:`CheckpointError`."""
-        from transformers import DistilBertConfig, DistilBertForSequenceClassification
+        """Load a folder written by :meth:`save`; anything missing, corrupt (its SHA-256 differs from
+        ``verifier.json``), mistyped or outside the folder is a :class:`CheckpointError`."""
+        from transformers import DistilBertForSequenceClassification
 
-        from shared_scorer.backbone import load_tokenizer, read_safetensors
+        from shared_scorer.backbone import (
+            checkpoint_file,
+            distilbert_config,
+            load_tokenizer,
+            read_config,
+            read_safetensors,
+            verify_sha256,
+        )
         from shared_scorer.scoring.training import Calibrator
 
         folder = Path(folder)
@@ -256,7 +270,7 @@ class PairVerifier(ThresholdedVerifier):
             meta = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise CheckpointError(f"{path}: missing; not a cache-verifier folder") from None
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{path}: unreadable ({exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CheckpointError(f"{path}: field 'format' must be {FORMAT!r}")
@@ -266,16 +280,27 @@ class PairVerifier(ThresholdedVerifier):
             max_length = int(meta.get("max_length", 64))
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: bad or missing field ({exc})") from None
+        hashes = meta.get("sha256")
+        if not isinstance(hashes, dict):
+            raise CheckpointError(f"{path}: field 'sha256' is missing (a verifier saved before hashes: save it again)")
+        checked = {checkpoint_file(folder, name, f"{path}: field 'sha256'") for name in hashes}
+        for name, digest in hashes.items():
+            verify_sha256(folder / name, digest, path)
+        weights = checkpoint_file(folder, "model.safetensors", str(path))
+        if weights not in checked or folder / "config.json" not in checked:
+            raise CheckpointError(f"{path}: field 'sha256' must list model.safetensors and config.json")
+        config = distilbert_config(read_config(folder), folder / "config.json")
         try:
-            config = DistilBertConfig.from_json_file(str(folder / "config.json"))
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{folder / 'config.json'}: unreadable ({exc})") from None
-        model = DistilBertForSequenceClassification(config)
-        try:
-            model.load_state_dict(read_safetensors(folder / "model.safetensors"), strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{folder / 'model.safetensors'}: does not fit config.json ({exc})") from None
-        tokenizer = load_tokenizer(folder / "tokenizer")
+            model = DistilBertForSequenceClassification(config)
+            model.load_state_dict(read_safetensors(weights), strict=True)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{weights}: does not fit config.json ({exc})") from None
+        tokenizer = load_tokenizer(checkpoint_file(folder, "tokenizer", str(path)))
+        if len(tokenizer) > config.vocab_size:
+            raise CheckpointError(
+                f"{folder / 'tokenizer'}: {len(tokenizer)} tokens, more than config.json's "
+                f"vocab_size {config.vocab_size}"
+            )
         return cls(
             model, tokenizer, calibrator, threshold=threshold, min_similarity=floor, max_length=max_length,
             info=meta.get("info") or {},

@@ -16,7 +16,6 @@ Checkpoint folder (:meth:`DistilBertScorer.save`)::
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
 import threading
@@ -340,7 +339,8 @@ class DistilBertScorer:
             files[key] = name
             hashes[name] = _sha256(folder / name)
         next(iter(self.nets.values())).config.to_json_file(str(folder / "config.json"))
-        self.tokenizer.save_pretrained(str(folder))
+        written = [Path(f) for f in self.tokenizer.save_pretrained(str(folder))]
+        tokenizer_hashes = {f.name: _sha256(f) for f in written if f.parent == folder and f.is_file()}
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -349,11 +349,12 @@ class DistilBertScorer:
             "models": self.models,
             "weights": files,
             "sha256": hashes,
+            "tokenizer_sha256": tokenizer_hashes,
             "max_length": self.max_length,
             "head_fraction": self.encoder.head_fraction,
             "calibration": {k: c.to_json() for k, c in self.calibrators.items()},
             "stackers": {k: st.to_json() for k, st in self.stackers.items()},
-            **{k: v for k, v in self.info.items() if k not in {"format", "weights", "sha256"}},
+            **{k: v for k, v in self.info.items() if k not in {"format", "weights", "sha256", "tokenizer_sha256"}},
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2, allow_nan=True), encoding="utf-8")
         return folder
@@ -369,33 +370,51 @@ class DistilBertScorer:
         expect_models: Sequence[str] | None = None,
     ) -> DistilBertScorer:
         """Load a checkpoint folder; anything missing, corrupt or mismatched is a :class:`CheckpointError`."""
-        from transformers import DistilBertConfig, DistilBertForSequenceClassification
+        from transformers import DistilBertForSequenceClassification
 
-        from shared_scorer.backbone import load_tokenizer, read_config, read_safetensors
+        from shared_scorer.backbone import (
+            checkpoint_file,
+            distilbert_config,
+            load_tokenizer,
+            read_config,
+            read_safetensors,
+            verify_sha256,
+        )
 
         folder = Path(path)
-        meta = _read_meta(folder / META_FILE)
+        meta_path = folder / META_FILE
+        meta = _read_meta(meta_path)
         models = meta["models"]
         if expect_models is not None and set(expect_models) - set(models):
             raise CheckpointError(
-                f"{folder / META_FILE}: trained for {models}, not for {sorted(set(expect_models) - set(models))}"
+                f"{meta_path}: trained for {models}, not for {sorted(set(expect_models) - set(models))}"
             )
-        try:
-            config = DistilBertConfig.from_dict(read_config(folder))
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{folder / 'config.json'}: not a DistilBERT config ({exc})") from None
+        config = distilbert_config(read_config(folder), folder / "config.json")
+        # every file scorer.json names stays inside the folder and matches its recorded hash before it is read
+        files = {
+            key: checkpoint_file(folder, name, f"{meta_path}: field 'weights'") for key, name in meta["weights"].items()
+        }
+        tokenizer_hashes = meta.get("tokenizer_sha256", {})
+        if not isinstance(tokenizer_hashes, dict):
+            raise CheckpointError(f"{meta_path}: field 'tokenizer_sha256' must be a JSON dict")
+        for name, digest in tokenizer_hashes.items():
+            verify_sha256(checkpoint_file(folder, name, f"{meta_path}: field 'tokenizer_sha256'"), digest, meta_path)
         nets = {}
-        for key, name in meta["weights"].items():
-            file = folder / name
+        for key, file in files.items():
+            verify_sha256(file, meta["sha256"].get(meta["weights"][key]), meta_path)
             state = read_safetensors(file)
-            if _sha256(file) != meta["sha256"].get(name):
-                raise CheckpointError(f"{file}: SHA-256 differs from {META_FILE} (corrupt or replaced)")
-            net = DistilBertForSequenceClassification(config)
             try:
+                net = DistilBertForSequenceClassification(config)
                 net.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
+            except (RuntimeError, ValueError, TypeError) as exc:
                 raise CheckpointError(f"{file}: weights do not match config.json ({exc})") from None
             nets[key] = net.eval()
+        tokenizer = load_tokenizer(folder)
+        if len(tokenizer) > config.vocab_size:
+            raise CheckpointError(
+                f"{folder}: the tokenizer has {len(tokenizer)} tokens, more than config.json's vocab_size "
+                f"{config.vocab_size} (a tokenizer of another model?)"
+            )
         try:
             calibrators = {k: Calibrator.from_json(v) for k, v in meta["calibration"].items()}
             stackers = {k: Stacker.from_json(v) for k, v in meta.get("stackers", {}).items()}
@@ -403,7 +422,7 @@ class DistilBertScorer:
             raise CheckpointError(f"{folder / META_FILE}: bad calibration ({exc})") from None
         scorer = cls(
             nets,
-            load_tokenizer(folder),
+            tokenizer,
             calibrators,
             models=models,
             per_model=meta["variant"] == "per-model",
@@ -439,11 +458,9 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from shared_scorer.backbone import file_sha256
+
+    return file_sha256(path)
 
 
 def _library_version() -> str:

@@ -61,6 +61,60 @@ def test_save_and_load_round_trip_without_pickle(trained, tmp_path):
         PairVerifier.load(tmp_path / "nowhere")
 
 
+def test_verifier_files_are_hashed_and_checked(trained, tmp_path):
+    verifier, _ = trained
+    folder = verifier.save(tmp_path / "verifier")
+    meta = json.loads((folder / "verifier.json").read_text())
+    assert {"model.safetensors", "config.json", "tokenizer/tokenizer.json"} <= set(meta["sha256"])
+    weights = folder / "model.safetensors"
+    original = weights.read_bytes()
+    flipped = bytearray(original)
+    flipped[-1] ^= 0x01  # one bit of one weight: still a valid safetensors file
+    weights.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: SHA-256 differs from verifier\.json"):
+        PairVerifier.load(folder)
+    weights.write_bytes(original)
+    (folder / "tokenizer" / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match=r"tokenizer/tokenizer\.json: missing"):
+        PairVerifier.load(folder)
+
+
+def test_verifier_config_and_paths_are_checked(trained, tmp_path):
+    verifier, _ = trained
+    folder = verifier.save(tmp_path / "verifier")
+    meta = json.loads((folder / "verifier.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "n_heads": "two"}))
+    meta["sha256"]["config.json"] = _sha(folder / "config.json")
+    (folder / "verifier.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"config\.json: field 'n_heads' must be a positive integer"):
+        PairVerifier.load(folder)
+    (folder / "verifier.json").write_text(json.dumps({**meta, "sha256": {"../../x.safetensors": "0"}}))
+    with pytest.raises(
+        CheckpointError, match=r"verifier\.json: field 'sha256' names '\.\./\.\./x\.safetensors', outside"
+    ):
+        PairVerifier.load(folder)
+    (folder / "verifier.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "sha256"}))
+    with pytest.raises(CheckpointError, match=r"verifier\.json: field 'sha256' is missing"):
+        PairVerifier.load(folder)
+
+
+def test_verifier_weights_linked_from_outside_are_refused(trained, tmp_path):
+    verifier, _ = trained
+    folder = verifier.save(tmp_path / "verifier")
+    outside = tmp_path / "elsewhere.safetensors"
+    (folder / "model.safetensors").rename(outside)
+    (folder / "model.safetensors").symlink_to(outside)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: a link to .*outside the checkpoint folder"):
+        PairVerifier.load(folder)
+
+
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_cache_bench_command_writes_the_figures(tmp_path, capsys):
     path = tmp_path / "pairs.jsonl"
     path.write_text(

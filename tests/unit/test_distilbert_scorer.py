@@ -133,6 +133,67 @@ def test_checkpoint_errors_name_the_file(shared: DistilBertScorer, tmp_path) -> 
         DistilBertScorer.load(folder)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dim": "32"}, r"config\.json: field 'dim' must be a positive integer, got '32'"),
+        ({"n_layers": 2.5}, r"config\.json: field 'n_layers' must be a positive integer, got 2\.5"),
+        ({"dropout": "high"}, r"config\.json: field 'dropout' must be a number in \[0, 1\], got 'high'"),
+        ({"activation": 7}, r"config\.json: field 'activation' must be one of"),
+        ({"n_heads": 3}, r"config\.json: field 'dim' \(32\) must be a multiple of 'n_heads' \(3\)"),
+        ({"sinusoidal_pos_embds": "no"}, r"config\.json: field 'sinusoidal_pos_embds' must be true or false"),
+    ],
+)
+def test_config_with_wrong_types_names_file_and_field(
+    shared: DistilBertScorer, tmp_path, change: dict, message: str
+) -> None:
+    folder = shared.save(tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(CheckpointError, match=message):
+        DistilBertScorer.load(folder)
+
+
+def test_tokenizer_files_are_required_and_hashed(shared: DistilBertScorer, tmp_path) -> None:
+    folder = shared.save(tmp_path / "ckpt")
+    meta = json.loads((folder / "scorer.json").read_text())
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(meta["tokenizer_sha256"])
+    original = (folder / "tokenizer.json").read_bytes()
+    (folder / "tokenizer.json").unlink()  # transformers would load a 5-token vocabulary from what is left
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json: missing"):
+        DistilBertScorer.load(folder)
+    (folder / "tokenizer.json").write_bytes(original.replace(b'"[UNK]": 100', b'"[UNK]": 101', 1))
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json: SHA-256 differs"):
+        DistilBertScorer.load(folder)
+    # an older checkpoint without the tokenizer hashes still refuses a folder with no vocabulary file
+    (folder / "tokenizer.json").unlink()
+    (folder / "scorer.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "tokenizer_sha256"}))
+    with pytest.raises(CheckpointError, match=r"no tokenizer vocabulary \(tokenizer\.json or vocab\.txt\)"):
+        DistilBertScorer.load(folder)
+
+
+@pytest.mark.parametrize("name", ["../../x.safetensors", "/tmp/x.safetensors", "sub/../../x.safetensors", 7])
+def test_weights_outside_the_folder_are_refused(shared: DistilBertScorer, tmp_path, name: object) -> None:
+    folder = shared.save(tmp_path / "a" / "b" / "ckpt")
+    meta = json.loads((folder / "scorer.json").read_text())
+    (folder / "scorer.json").write_text(json.dumps({**meta, "weights": {"": name}, "sha256": {str(name): "0"}}))
+    with pytest.raises(
+        CheckpointError,
+        match=r"scorer\.json: field 'weights' names .* outside the checkpoint folder|"
+        r"scorer\.json: field 'weights' must name files",
+    ):
+        DistilBertScorer.load(folder)
+
+
+def test_a_symlink_escaping_the_folder_is_refused(shared: DistilBertScorer, tmp_path) -> None:
+    folder = shared.save(tmp_path / "ckpt")
+    outside = tmp_path / "elsewhere.safetensors"
+    (folder / "model.safetensors").rename(outside)
+    (folder / "model.safetensors").symlink_to(outside)  # same bytes, same hash: still not inside the folder
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: .*outside the checkpoint folder"):
+        DistilBertScorer.load(folder)
+
+
 def test_ece_on_hand_made_example() -> None:
     # bin [0.1, 0.2): p=0.1,0.1 y=0,0 -> |0.1-0| ; bin [0.9,1.0]: p=0.9,1.0 y=1,0 -> |0.95-0.5|
     probs = [0.1, 0.1, 0.9, 1.0]
