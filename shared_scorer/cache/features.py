@@ -187,8 +187,11 @@ class FeatureVerifier(ThresholdedVerifier):
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"w{i}": w for i, w in enumerate(self.weights)} | {f"b{i}": b for i, b in enumerate(self.biases)}
         save_file(tensors, str(folder / "features.safetensors"))
+        from shared_scorer.backbone import file_sha256
+
         meta = {"format": FORMAT, "threshold": self.threshold, "min_similarity": self.min_similarity,
-                "layers": len(self.weights), "info": self.info}  # fmt: skip
+                "layers": len(self.weights), "info": self.info,
+                "sha256": {"features.safetensors": file_sha256(folder / "features.safetensors")}}  # fmt: skip
         (folder / "verifier.json").write_text(json.dumps(meta, indent=2, default=str))
         return folder
 
@@ -201,9 +204,16 @@ class FeatureVerifier(ThresholdedVerifier):
         for required in (path, folder / "features.safetensors"):
             if not required.is_file():
                 raise CheckpointError(f"{required}: missing; not a feature-verifier folder")
+        from shared_scorer.backbone import checkpoint_file, verify_sha256
+
+        weights_file = checkpoint_file(folder, "features.safetensors", str(path))  # no link out of the folder
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
-            tensors = load_file(str(folder / "features.safetensors"))
+            hashes = meta.get("sha256")
+            if not isinstance(hashes, dict):
+                raise CheckpointError(f"{path}: field 'sha256' is missing (saved before hashes: save it again)")
+            verify_sha256(weights_file, hashes.get("features.safetensors"), path)
+            tensors = load_file(str(weights_file))
             layers = int(meta["layers"])
             weights = [tensors[f"w{i}"] for i in range(layers)]
             biases = [tensors[f"b{i}"] for i in range(layers)]

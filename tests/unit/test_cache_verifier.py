@@ -156,7 +156,20 @@ def test_feature_verifier_trains_saves_loads_and_serves_through_a_cache(tmp_path
     cache.store("How do I learn about chess?", "Play", context, model="m", score=1.0, cost_usd=Decimal("0.01"))
     texts = (["How do I learn about chess?"], ["How can I learn about chess 7?"])
     assert np.allclose(cache.verifier.probabilities(*texts), verifier.probabilities(*texts))
-    (folder / "features.safetensors").unlink()
+    weights = folder / "features.safetensors"
+    original = weights.read_bytes()
+    flipped = bytearray(original)
+    flipped[-1] ^= 0x01  # one bit of one weight: still a valid safetensors file
+    weights.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match=r"features\.safetensors: SHA-256 differs from verifier\.json"):
+        FeatureVerifier.load(folder)
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(original)
+    weights.unlink()
+    weights.symlink_to(outside)
+    with pytest.raises(CheckpointError, match=r"features\.safetensors: a link to .*outside the checkpoint folder"):
+        FeatureVerifier.load(folder)
+    weights.unlink()
     with pytest.raises(CheckpointError, match=r"features\.safetensors: missing"):
         FeatureVerifier.load(folder)
 
