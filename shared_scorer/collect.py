@@ -126,7 +126,7 @@ def load_providers(path: str | Path) -> list[Provider]:
     path = Path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigurationError(f"{path}: cannot read providers ({exc})") from None
     if isinstance(raw, dict):
         raw = raw.get("providers")

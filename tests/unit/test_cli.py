@@ -243,9 +243,9 @@ def test_train_cache_verifier_and_cache_bench_run(tmp_path: Path, capsys: pytest
 
 def test_non_utf8_json_lines_inputs_name_file_and_line(tmp_path: Path) -> None:
     from shared_scorer.cache.pairs import load_pairs
-    from shared_scorer.collect import _Store, load_queries
+    from shared_scorer.collect import _Store, load_providers, load_queries
     from shared_scorer.data import load_prices, load_records
-    from shared_scorer.errors import DataError
+    from shared_scorer.errors import ConfigurationError, DataError
 
     good = json.dumps(asdict(rows(1)[0])) + "\n"
     bad = tmp_path / "bad.jsonl"
@@ -262,6 +262,10 @@ def test_non_utf8_json_lines_inputs_name_file_and_line(tmp_path: Path) -> None:
     store = _Store(cut)
     store.open()
     assert store.done == {("q0", "cheap")} and cut.read_text() == good
+    providers = tmp_path / "providers.json"
+    providers.write_bytes(b'[{"model": "caf\xe9", "base_url": "http://127.0.0.1:9/v1"}]')
+    with pytest.raises(ConfigurationError, match=r"providers\.json: cannot read providers \('utf-8' codec"):
+        load_providers(providers)
     prices = tmp_path / "prices.json"
     prices.write_bytes(b'{"m\xe9": {"input_per_mtok": 1, "output_per_mtok": 2}}')
     with pytest.raises(DataError, match=r"prices\.json: cannot read prices"):
