@@ -291,10 +291,19 @@ def load_distilbert_encoder(folder: Path) -> tuple[Any, dict[str, Any]]:
     kind = raw.get("model_type")
     if kind not in ("bert", "distilbert"):
         raise CheckpointError(f"{folder / 'config.json'}: model_type {kind!r} is neither 'bert' nor 'distilbert'")
-    state = read_safetensors(folder / "model.safetensors")
     if kind == "bert":
-        config = distilbert_config_from_bert(raw)
-        return config, bert_to_distilbert_state(state, config.n_layers)
+        for name in ("vocab_size", "num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size"):
+            value = raw.get(name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise CheckpointError(
+                    f"{folder / 'config.json'}: field {name!r} must be a positive integer, got {value!r:.40}"
+                )
+        try:
+            config = distilbert_config_from_bert(raw)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{folder / 'config.json'}: a field has the wrong type ({exc})") from None
+        return config, bert_to_distilbert_state(read_safetensors(folder / "model.safetensors"), config.n_layers)
+    state = read_safetensors(folder / "model.safetensors")
     config = distilbert_config(raw, folder / "config.json")
     encoder = {k.removeprefix("distilbert."): v for k, v in state.items()}
     encoder = {k: v for k, v in encoder.items() if k.startswith(("embeddings.", "transformer."))}

@@ -154,6 +154,24 @@ def test_config_with_wrong_types_names_file_and_field(
         DistilBertScorer.load(folder)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"hidden_size": "384"}, r"config\.json: field 'hidden_size' must be a positive integer, got '384'"),
+        ({"num_hidden_layers": None}, r"config\.json: field 'num_hidden_layers' must be a positive integer, got None"),
+        ({"max_position_embeddings": "many"}, r"config\.json: a field has the wrong type"),
+        ({"model_type": "gpt2"}, r"config\.json: model_type 'gpt2' is neither 'bert' nor 'distilbert'"),
+    ],
+)
+def test_backbone_config_with_wrong_types_names_file_and_field(tmp_path, change: dict, message: str) -> None:
+    from shared_scorer.backbone import load_backbone, minilm_path
+
+    config = json.loads((minilm_path() / "config.json").read_text())  # a BERT config
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(CheckpointError, match=message):
+        load_backbone(str(tmp_path))
+
+
 def test_tokenizer_files_are_required_and_hashed(shared: DistilBertScorer, tmp_path) -> None:
     folder = shared.save(tmp_path / "ckpt")
     meta = json.loads((folder / "scorer.json").read_text())
