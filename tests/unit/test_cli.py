@@ -273,3 +273,25 @@ def test_non_utf8_json_lines_inputs_name_file_and_line(tmp_path: Path) -> None:
     prices.write_text(json.dumps({"m": {"input_per_mtok": "abc", "output_per_mtok": 2}}))
     with pytest.raises(DataError, match=r"prices\.json: model 'm' field 'input_per_mtok' must be a number >= 0"):
         load_prices(prices)
+
+
+def test_the_core_imports_no_adapter_but_the_cli_lazily() -> None:
+    """Only the CLI may import frugal_langchain / frugal_llamaindex, inside a function (the extra is optional)."""
+    import ast
+
+    import shared_scorer
+
+    root = Path(shared_scorer.__file__).parent
+    found: dict[str, list[str]] = {}
+    for file in sorted(root.rglob("*.py")):
+        tree = ast.parse(file.read_text(encoding="utf-8"))
+        top_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                if name.split(".")[0] in ("frugal_langchain", "frugal_llamaindex"):
+                    where = "module level" if id(node) in top_level else "lazily"
+                    found.setdefault(str(file.relative_to(root)), []).append(f"{name} {where}")
+    assert set(found) <= {"cli.py", "budget/cli.py"}, found
+    assert all(entry.endswith("lazily") for entries in found.values() for entry in entries), found
