@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,50 @@ def _floats(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: a whole number >= 1 (anything else is argparse's usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An ``argparse`` type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An ``argparse`` type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """An ``argparse`` type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
 
 
 def _names(text: str) -> list[str]:
@@ -52,8 +97,8 @@ def _add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     parser.add_argument("--chain", type=_names, help="comma-separated models, cheapest first (default: all, by cost)")
     parser.add_argument("--thresholds", type=_floats, help="one per stage but the last (default: 0.5 each)")
     parser.add_argument("--prices", type=Path, help="prices JSON (default: prices.json beside the data's folder)")
-    parser.add_argument("--limit", type=int, help="replay only the first N queries")
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--limit", type=positive_int, help="replay only the first N queries")
+    parser.add_argument("--concurrency", type=positive_int, default=4)
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.set_defaults(run=_run_eval)
 

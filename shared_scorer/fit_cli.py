@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from shared_scorer.cli import fraction, non_negative_int, positive_float, positive_int
 from shared_scorer.errors import ConfigurationError
 
 SubParsers = Any
@@ -42,9 +43,9 @@ def _add_collect(subparsers: SubParsers) -> None:
         help="exact_match, normalized_containment, token_f1, numeric_match, multiple_choice, or module:function",
     )
     p.add_argument("--out", required=True, type=Path, help="recorded JSON Lines file (also the resume store)")
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight per provider")
-    p.add_argument("--retries", type=int, default=4, help="retries per request (exponential backoff)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--concurrency", type=positive_int, default=4, help="requests in flight per provider")
+    p.add_argument("--retries", type=non_negative_int, default=4, help="retries per request (exponential backoff)")
+    p.add_argument("--timeout", type=positive_float, default=120.0, help="seconds per request")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_collect)
 
@@ -71,14 +72,16 @@ def _add_fit(subparsers: SubParsers, name: str) -> None:
         p.add_argument("--out", type=Path, help="folder for the fitted strategy (default: beside --json)")
     objective = p.add_mutually_exclusive_group()
     objective.add_argument(
-        "--budget", type=float, help="the saved strategy: highest accuracy at mean USD per query <= this"
+        "--budget", type=positive_float, help="the saved strategy: highest accuracy at mean USD per query <= this"
     )
-    objective.add_argument("--target-accuracy", type=float, help="the saved strategy: lowest cost at accuracy >= this")
+    objective.add_argument(
+        "--target-accuracy", type=fraction, help="the saved strategy: lowest cost at accuracy >= this"
+    )
     p.add_argument("--train", required=True, type=Path, help="recorded JSON Lines, train split")
     p.add_argument("--prices", type=Path, help="price costs from tokens with this prices JSON (default: cost_usd)")
     p.add_argument("--models", help="comma-separated candidate models (default: all)")
-    p.add_argument("--max-depth", type=int, default=3, help="longest chain tried (default 3)")
-    p.add_argument("--folds", type=int, default=3, help="cross-fitting folds (default 3)")
+    p.add_argument("--max-depth", type=positive_int, default=3, help="longest chain tried (default 3)")
+    p.add_argument("--folds", type=positive_int, default=3, help="cross-fitting folds (default 3)")
     p.add_argument(
         "--design",
         choices=("top-layer", "full"),
@@ -86,14 +89,14 @@ def _add_fit(subparsers: SubParsers, name: str) -> None:
         help="top-layer: train the top encoder layer + head on cached frozen states (fast, default); "
         "full: cross-fit DistilBertScorer.train itself (slow on CPU)",
     )
-    p.add_argument("--top-epochs", type=int, default=5, help="epochs of the top-layer design")
+    p.add_argument("--top-epochs", type=positive_int, default=5, help="epochs of the top-layer design")
     p.add_argument(
         "--no-usage-signals",
         dest="usage_signals",
         action="store_false",
         help="score from the text alone (default: also the answer's billed output tokens and length)",
     )
-    p.add_argument("--top-lr", type=float, default=3e-4, help="learning rate of the top layer (head: 1e-3)")
+    p.add_argument("--top-lr", type=positive_float, default=3e-4, help="learning rate of the top layer (head: 1e-3)")
     p.add_argument("--candidates", choices=("grid", "quantiles", "both"), default="both")
     p.add_argument(
         "--caps",
@@ -101,12 +104,12 @@ def _add_fit(subparsers: SubParsers, name: str) -> None:
         help="output-token caps searched per model: auto (each model's output quantiles), none, or e.g. 1000,3000",
     )
     p.add_argument("--backbone", default="minilm", help="scorer backbone (minilm, tiny-random, folder, hub name)")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--max-length", type=int, default=96)
-    p.add_argument("--freeze-layers", type=int, default=5)
+    p.add_argument("--epochs", type=positive_int, default=1)
+    p.add_argument("--max-length", type=positive_int, default=96)
+    p.add_argument("--freeze-layers", type=non_negative_int, default=5)
     p.add_argument("--per-model", action="store_true", help="one scorer network per model")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_run_fit if name == "fit" else _run_bench)
 

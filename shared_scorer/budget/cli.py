@@ -36,6 +36,8 @@ def parse_limit(text: str) -> Any:
 
 def add_budget_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``report`` and ``serve`` on the ``frugal`` command."""
+    from shared_scorer.cli import positive_float
+
     report = subparsers.add_parser(
         "report",
         help="spend by model, stage, tenant, user and day from a ledger",
@@ -49,7 +51,7 @@ def add_budget_parsers(subparsers: argparse._SubParsersAction) -> None:  # type:
     )
     report.add_argument("--png", type=Path, help="also draw the figures as a PNG chart here")
     report.add_argument("--json", type=Path, help="also write the figures as JSON here")
-    report.add_argument("--since-days", type=float, help="only records of the last N days")
+    report.add_argument("--since-days", type=positive_float, help="only records of the last N days")
     report.set_defaults(run=_run_report)
 
     serve = subparsers.add_parser(

@@ -13,19 +13,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared_scorer.errors import ConfigurationError
+from shared_scorer.errors import ConfigurationError, DataError
 
 
 def _sizes(text: str) -> list[int]:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        sizes = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return sizes
 
 
 def add_cache_parsers(subparsers: Any) -> None:
     """Register ``train-cache-verifier`` and ``cache-bench`` on the ``frugal`` sub-parsers."""
     from shared_scorer.cache.training import VerifierConfig
+    from shared_scorer.cli import fraction, non_negative_int, positive_float, positive_int
 
     d = VerifierConfig()
     train = subparsers.add_parser(
@@ -37,18 +41,18 @@ def add_cache_parsers(subparsers: Any) -> None:
     )
     train.add_argument("--pairs", type=Path, required=True, help='JSON Lines of {"cached","incoming","duplicate"}')
     train.add_argument("--out", type=Path, required=True, help="folder to write the verifier to")
-    train.add_argument("--heldout-fraction", type=float, default=0.2, help="pairs kept out of training")
+    train.add_argument("--heldout-fraction", type=fraction, default=0.2, help="pairs kept out of training")
     train.add_argument("--backbone", default=d.backbone, help="minilm (offline), tiny-random, a folder or hub name")
-    train.add_argument("--epochs", type=int, default=d.epochs)
-    train.add_argument("--batch-size", type=int, default=d.batch_size)
-    train.add_argument("--lr", type=float, default=d.lr)
-    train.add_argument("--max-length", type=int, default=d.max_length)
-    train.add_argument("--freeze-layers", type=int, default=d.freeze_layers)
-    train.add_argument("--max-pairs", type=int, default=None, help="train on the first N training pairs only")
-    train.add_argument("--target-wrong-share", type=float, default=d.target_wrong_share)
+    train.add_argument("--epochs", type=positive_int, default=d.epochs)
+    train.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    train.add_argument("--lr", type=positive_float, default=d.lr)
+    train.add_argument("--max-length", type=positive_int, default=d.max_length)
+    train.add_argument("--freeze-layers", type=non_negative_int, default=d.freeze_layers)
+    train.add_argument("--max-pairs", type=positive_int, default=None, help="train on the first N training pairs only")
+    train.add_argument("--target-wrong-share", type=fraction, default=d.target_wrong_share)
     train.add_argument("--margin-z", type=float, default=d.margin_z)
-    train.add_argument("--seed", type=int, default=d.seed)
-    train.add_argument("--num-threads", type=int, default=None)
+    train.add_argument("--seed", type=non_negative_int, default=d.seed)
+    train.add_argument("--num-threads", type=positive_int, default=None)
     train.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm", help="the cache's embedder")
     train.add_argument(
         "--kind",
@@ -79,10 +83,10 @@ def add_cache_parsers(subparsers: Any) -> None:
     bench.add_argument("--json", type=Path, required=True, help="write the figures here")
     bench.add_argument("--verifier", type=Path, help="a folder written by train-cache-verifier")
     bench.add_argument("--split", choices=("all", "heldout", "train"), default="all")
-    bench.add_argument("--heldout-fraction", type=float, default=0.2)
-    bench.add_argument("--limit", type=int, help="use the first N pairs (after the split)")
+    bench.add_argument("--heldout-fraction", type=fraction, default=0.2)
+    bench.add_argument("--limit", type=positive_int, help="use the first N pairs (after the split)")
     bench.add_argument("--sizes", type=_sizes, default=[10_000, 100_000], help="store sizes for latency")
-    bench.add_argument("--latency-queries", type=int, default=500)
+    bench.add_argument("--latency-queries", type=positive_int, default=500)
     bench.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
     bench.add_argument("--vectors", type=Path, help="precomputed embeddings (.npz of texts and vectors)")
     bench.set_defaults(run=run_cache_bench)
@@ -159,6 +163,10 @@ def run_cache_bench(args: argparse.Namespace) -> int:
         train, heldout = split_pairs(pairs, args.heldout_fraction)
         pairs = heldout if args.split == "heldout" else train
     pairs = pairs[: args.limit] if args.limit else pairs
+    if not pairs:
+        raise DataError(
+            f"{args.pairs}: no pairs in the {args.split!r} split (--heldout-fraction {args.heldout_fraction})"
+        )
     verifier = load_verifier(args.verifier) if args.verifier else None
     started = time.perf_counter()
     result = run_bench(

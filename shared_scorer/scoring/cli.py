@@ -12,6 +12,7 @@ from typing import Any
 
 def add_train_scorer_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``train-scorer`` on an ``argparse`` sub-parser set; ``args.run`` is ``run_train_scorer``."""
+    from shared_scorer.cli import fraction, non_negative_int, positive_float, positive_int
     from shared_scorer.scoring.training import CALIBRATIONS, TrainConfig
 
     defaults = TrainConfig()
@@ -23,15 +24,15 @@ def add_train_scorer_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--train", type=Path, required=True, help="recorded JSON Lines file")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     parser.add_argument("--backbone", default=None, help="minilm (offline), tiny-random, a folder or a hub name")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--max-length", type=int, default=defaults.max_length)
-    parser.add_argument("--freeze-layers", type=int, default=defaults.freeze_layers)
-    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=positive_float, default=defaults.lr)
+    parser.add_argument("--max-length", type=positive_int, default=defaults.max_length)
+    parser.add_argument("--freeze-layers", type=non_negative_int, default=defaults.freeze_layers)
+    parser.add_argument("--val-fraction", type=fraction, default=defaults.val_fraction)
+    parser.add_argument("--seed", type=non_negative_int, default=defaults.seed)
     parser.add_argument("--calibration", choices=CALIBRATIONS, default=defaults.calibration)
-    parser.add_argument("--num-threads", type=int, default=None)
+    parser.add_argument("--num-threads", type=positive_int, default=None)
     variant = parser.add_mutually_exclusive_group()
     variant.add_argument("--per-model", dest="per_model", action="store_true", help="one network per model")
     variant.add_argument("--shared", dest="per_model", action="store_false", help="one model-aware network")

@@ -75,6 +75,15 @@ def test_every_subcommand_has_a_run_handler(command: str) -> None:
         ["serve", "--strategy", "s", "--keys", "k", "--stages-base-url", "u", "--limit", "tenant=lots"],
         ["train-scorer", "--train", "t", "--out", "o", "--calibration", "magic"],
         ["no-such-command"],
+        ["eval", "--data", "d.jsonl", "--scorer", "oracle", "--concurrency", "0"],
+        ["eval", "--data", "d.jsonl", "--scorer", "oracle", "--limit", "-1"],
+        ["collect", "--providers", "p", "--queries", "q", "--out", "o", "--timeout", "nan"],
+        ["fit", "--train", "t.jsonl", "--out", "o", "--target-accuracy", "1.5"],
+        ["cache-bench", "--pairs", "p", "--json", "j", "--sizes", "0"],
+        ["cache-bench", "--pairs", "p", "--json", "j", "--limit", "-3"],
+        ["train-cache-verifier", "--pairs", "p", "--out", "o", "--heldout-fraction", "2"],
+        ["train-scorer", "--train", "t", "--out", "o", "--lr", "-0.1"],
+        ["report", "--ledger", "x.db", "--since-days", "-1"],
     ],
 )
 def test_bad_arguments_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -219,6 +228,16 @@ def test_replay_server_with_missing_data_is_a_one_line_error(
     assert main(["replay-server", "--data", str(tmp_path / "none.jsonl"), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("frugal replay-server: error: ") and "none.jsonl" in err
+
+
+def test_cache_bench_on_an_empty_split_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"cached": "a b", "incoming": "a b c", "duplicate": 1}) + "\n")
+    argv = ["cache-bench", "--pairs", str(pairs), "--json", str(tmp_path / "b.json"), "--split", "heldout"]
+    assert main([*argv, "--heldout-fraction", "0", "--embedder", "hashing"]) == 2
+    assert capsys.readouterr().err == (
+        f"frugal cache-bench: error: {pairs}: no pairs in the 'heldout' split (--heldout-fraction 0.0)\n"
+    )
 
 
 def test_train_cache_verifier_and_cache_bench_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
