@@ -154,7 +154,8 @@ def test_fit_and_bench_with_prices_need_no_langchain(
 ) -> None:
     for name in [m for m in sys.modules if m.startswith(("frugal_langchain", "langchain"))]:
         monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "frugal_langchain", None)  # import frugal_langchain -> ImportError
+    for blocked in ("frugal_langchain", "langchain_core", "langchain_openai", "llama_index"):
+        monkeypatch.setitem(sys.modules, blocked, None)  # import frugal_langchain -> ImportError, as without the extra
     train = write_rows(tmp_path / "train.jsonl", rows())
     test = write_rows(tmp_path / "test.jsonl", rows(6))
     prices = tmp_path / "prices.json"
