@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID, uuid4
@@ -24,7 +27,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from frugal_langchain import _convert
 from shared_scorer.assemble import build_from_strategy, reject_unknown_arguments
-from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator, cascade_for
+from shared_scorer.cascade import Cascade, CascadeResult, LiveProgress, StageOutput, Validator, cascade_for, with_usage
 from shared_scorer.costs import CostTracker
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.hooks import CallContext, Scope, build_context
@@ -323,13 +326,25 @@ class FrugalChatModel(BaseChatModel):
         )
         return call_kwargs, validate, context
 
-    def _stage_kwargs(self, call_kwargs: dict[str, Any], context: CallContext) -> list[dict[str, Any]]:
-        """Each stage's keywords: the call's, with ``max_tokens`` set to what the cascade reserved for."""
-        out = []
-        for i in range(len(self.stages)):
+    def _stage_calls(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+    ) -> tuple[list[_StageCall], Validator, CallContext]:
+        """One :class:`_StageCall` per stage (each sent at most the output tokens the cascade reserved
+        for), the answer validator and the call's context."""
+        call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
+        children = self._children(kwargs)
+        configs = _child_configs(run_manager, len(children))
+        prompt = [text for _, text in _convert.turns(messages)]
+        stages = []
+        for i, (child, config) in enumerate(zip(children, configs, strict=True)):
             limit = self._cascade.stage_max_tokens(i, context)
-            out.append(call_kwargs if limit is None else {**call_kwargs, "max_tokens": limit})
-        return out
+            stage_kwargs = call_kwargs if limit is None else {**call_kwargs, "max_tokens": limit}
+            stages.append(_StageCall(child, messages, config, stage_kwargs, prompt, self._cascade.models[i]))
+        return stages, validate, context
 
     def _children(self, kwargs: dict[str, Any]) -> list[Runnable[Any, BaseMessage]]:
         tools = kwargs.get("tools")
@@ -345,11 +360,8 @@ class FrugalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
-        children = self._children(kwargs)
-        configs = _child_configs(run_manager, len(children))
-        stage_kwargs = self._stage_kwargs(call_kwargs, context)
-        calls = [_sync_call(c, messages, cfg, kw) for c, cfg, kw in zip(children, configs, stage_kwargs, strict=True)]
+        stages, validate, context = self._stage_calls(messages, stop, kwargs, run_manager)
+        calls = [stage.sync_call for stage in stages]
         result = self._cascade.run(_convert.query_text(messages), calls, validate, context)
         return ChatResult(generations=[ChatGeneration(message=_convert.final_message(result))])
 
@@ -360,11 +372,8 @@ class FrugalChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
-        children = self._children(kwargs)
-        configs = _child_configs(run_manager, len(children))
-        stage_kwargs = self._stage_kwargs(call_kwargs, context)
-        calls = [_async_call(c, messages, cfg, kw) for c, cfg, kw in zip(children, configs, stage_kwargs, strict=True)]
+        stages, validate, context = self._stage_calls(messages, stop, kwargs, run_manager)
+        calls = [stage.async_call for stage in stages]
         result = await self._cascade.arun(_convert.query_text(messages), calls, validate, context)
         return ChatResult(generations=[ChatGeneration(message=_convert.final_message(result))])
 
@@ -377,19 +386,21 @@ class FrugalChatModel(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         emit = run_manager  # langchain-core reports the tokens itself unless it hands us the run manager
         run_manager = run_manager or self._streaming_run(stop, kwargs, asynchronous=False)
-        call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
-        children = self._children(kwargs)
-        configs = _child_configs(run_manager, len(children))
-        stage_kwargs = self._stage_kwargs(call_kwargs, context)
-        calls = [_sync_call(c, messages, cfg, kw) for c, cfg, kw in zip(children, configs, stage_kwargs, strict=True)]
-        live = None if kwargs.get("tools") else _sync_live(children[-1], messages, configs[-1], stage_kwargs[-1])
+        stages, validate, context = self._stage_calls(messages, stop, kwargs, run_manager)
+        progress = LiveProgress(stages[-1].prompt)
+        live = None if kwargs.get("tools") else functools.partial(stages[-1].sync_live, progress)
+        query, calls = _convert.query_text(messages), [stage.sync_call for stage in stages]
+        stream = self._cascade.stream(query, calls, live, validate, context, progress)
         streamed = False
-        for item in self._cascade.stream(_convert.query_text(messages), calls, live, validate, context):
-            if isinstance(item, CascadeResult):
-                yield self._emit(_convert.closing_chunk(item, with_answer=not streamed), emit)
-            else:
-                streamed = True
-                yield self._emit(_convert.strip_chunk(item), emit)
+        try:
+            for item in stream:
+                if isinstance(item, CascadeResult):
+                    yield self._emit(_convert.closing_chunk(item, with_answer=not streamed), emit)
+                else:
+                    streamed = True
+                    yield self._emit(_convert.strip_chunk(item), emit)
+        finally:
+            stream.close()  # type: ignore[attr-defined]  # a caller that stops reading: the cascade settles
 
     async def _astream(
         self,
@@ -400,22 +411,24 @@ class FrugalChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         emit = run_manager  # langchain-core reports the tokens itself unless it hands us the run manager
         run_manager = run_manager or self._streaming_run(stop, kwargs, asynchronous=True)
-        call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
-        children = self._children(kwargs)
-        configs = _child_configs(run_manager, len(children))
-        stage_kwargs = self._stage_kwargs(call_kwargs, context)
-        calls = [_async_call(c, messages, cfg, kw) for c, cfg, kw in zip(children, configs, stage_kwargs, strict=True)]
-        live = None if kwargs.get("tools") else _async_live(children[-1], messages, configs[-1], stage_kwargs[-1])
+        stages, validate, context = self._stage_calls(messages, stop, kwargs, run_manager)
+        progress = LiveProgress(stages[-1].prompt)
+        live = None if kwargs.get("tools") else functools.partial(stages[-1].async_live, progress)
+        query, calls = _convert.query_text(messages), [stage.async_call for stage in stages]
+        stream = self._cascade.astream(query, calls, live, validate, context, progress)
         streamed = False
-        async for item in self._cascade.astream(_convert.query_text(messages), calls, live, validate, context):
-            if isinstance(item, CascadeResult):
-                chunk = _convert.closing_chunk(item, with_answer=not streamed)
-            else:
-                streamed = True
-                chunk = _convert.strip_chunk(item)
-            if emit is not None:
-                await emit.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        try:
+            async for item in stream:
+                if isinstance(item, CascadeResult):
+                    chunk = _convert.closing_chunk(item, with_answer=not streamed)
+                else:
+                    streamed = True
+                    chunk = _convert.strip_chunk(item)
+                if emit is not None:
+                    await emit.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]  # a caller that stops reading: the cascade settles
 
     @staticmethod
     def _emit(chunk: ChatGenerationChunk, run_manager: CallbackManagerForLLMRun | None) -> ChatGenerationChunk:
@@ -454,59 +467,57 @@ def _child_configs(
     return configs
 
 
-def _sync_call(
-    child: Runnable[Any, BaseMessage],
-    messages: list[BaseMessage],
-    config: RunnableConfig,
-    kwargs: dict[str, Any],
-) -> Callable[[], StageOutput]:
-    return lambda: _convert.to_output(child.invoke(messages, config, **kwargs))
+@dataclass(frozen=True)
+class _StageCall:
+    """One stage's call: the child (tools bound), its config (a child run), its keywords; the prompt's
+    texts and the stage's model name, for the usage estimate when the provider reports none."""
 
+    child: Runnable[Any, BaseMessage]
+    messages: list[BaseMessage]
+    config: RunnableConfig
+    kwargs: dict[str, Any]
+    prompt: list[str]
+    model: str
 
-def _async_call(
-    child: Runnable[Any, BaseMessage],
-    messages: list[BaseMessage],
-    config: RunnableConfig,
-    kwargs: dict[str, Any],
-) -> Callable[[], Any]:
-    async def call() -> StageOutput:
-        return _convert.to_output(await child.ainvoke(messages, config, **kwargs))
+    def _output(self, message: BaseMessage) -> StageOutput:
+        return with_usage(_convert.to_output(message), self.prompt, self.model)
 
-    return call
+    def sync_call(self) -> StageOutput:
+        return self._output(self.child.invoke(self.messages, self.config, **self.kwargs))
 
+    async def async_call(self) -> StageOutput:
+        return self._output(await self.child.ainvoke(self.messages, self.config, **self.kwargs))
 
-def _sync_live(
-    child: Runnable[Any, BaseMessage],
-    messages: list[BaseMessage],
-    config: RunnableConfig,
-    kwargs: dict[str, Any],
-) -> Callable[[], Generator[AIMessageChunk, None, StageOutput]]:
-    def live() -> Generator[AIMessageChunk, None, StageOutput]:
+    def _stream_kwargs(self) -> dict[str, Any]:
+        """The keywords of a live stream: usage asked for where the child can report it on a stream."""
+        cls = type(self.child)
+        asks = "stream_usage" in getattr(cls, "model_fields", {})  # ChatOpenAI and its kin
+        if not asks:
+            try:
+                asks = "stream_usage" in inspect.signature(cls._stream).parameters  # type: ignore[attr-defined]
+            except (AttributeError, TypeError, ValueError):
+                asks = False
+        return {**self.kwargs, "stream_usage": True} if asks else self.kwargs
+
+    def sync_live(self, progress: LiveProgress) -> Generator[AIMessageChunk, None, StageOutput]:
         full: AIMessageChunk | None = None
-        for chunk in child.stream(messages, config, **kwargs):
+        for chunk in self.child.stream(self.messages, self.config, **self._stream_kwargs()):
             assert isinstance(chunk, AIMessageChunk)
             full = chunk if full is None else full + chunk
+            progress.add(chunk.text)
             yield chunk
-        return _convert.to_output(_assembled(full))
+        return self._output(_assembled(full))
 
-    return live
-
-
-def _async_live(
-    child: Runnable[Any, BaseMessage],
-    messages: list[BaseMessage],
-    config: RunnableConfig,
-    kwargs: dict[str, Any],
-) -> Callable[[Callable[[StageOutput], None]], AsyncIterator[AIMessageChunk]]:
-    async def live(done: Callable[[StageOutput], None]) -> AsyncIterator[AIMessageChunk]:
+    async def async_live(
+        self, progress: LiveProgress, done: Callable[[StageOutput], None]
+    ) -> AsyncIterator[AIMessageChunk]:
         full: AIMessageChunk | None = None
-        async for chunk in child.astream(messages, config, **kwargs):
+        async for chunk in self.child.astream(self.messages, self.config, **self._stream_kwargs()):
             assert isinstance(chunk, AIMessageChunk)
             full = chunk if full is None else full + chunk
+            progress.add(chunk.text)
             yield chunk
-        done(_convert.to_output(_assembled(full)))
-
-    return live
+        done(self._output(_assembled(full)))
 
 
 def _assembled(full: AIMessageChunk | None) -> AIMessage:

@@ -91,11 +91,11 @@ def to_output(response: ChatResponse) -> StageOutput:
         tool_calls=tuple(calls),
         payload=response,
         problems=tuple(problems),
-        truncated=_finish_reason(response) == "length",
+        truncated=finish_reason(response) == "length",
     )
 
 
-def _finish_reason(response: ChatResponse) -> str | None:
+def finish_reason(response: ChatResponse) -> str | None:
     """The provider's ``finish_reason`` of the first choice, when the raw reply carries one."""
     choices = getattr(response.raw, "choices", None)
     if choices is None and isinstance(response.raw, dict):

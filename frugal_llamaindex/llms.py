@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +27,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from frugal_llamaindex import _convert
 from shared_scorer.assemble import build_from_strategy, reject_unknown_arguments
-from shared_scorer.cascade import Cascade, CascadeResult, StageOutput, Validator, cascade_for
+from shared_scorer.cascade import Cascade, CascadeResult, LiveProgress, StageOutput, Validator, cascade_for, with_usage
 from shared_scorer.costs import CostTracker
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.hooks import CallContext, Scope, build_context
@@ -214,81 +216,91 @@ class FrugalLLM(FunctionCallingLLM):
             cacheable=kwargs.pop("frugal_cache", True) is not False,
         )
 
-    def _plan(
-        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
-    ) -> tuple[list[Callable[..., Any]], list[Callable[..., Any]], list[dict[str, Any]], Validator, CallContext]:
-        """Per stage: the sync and async chat functions and their keywords (``max_tokens`` set to what the
-        cascade reserved for); the answer validator; the call's context."""
+    def _plan(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> tuple[_Plan, Validator, CallContext]:
+        """The stages' calls (each sent at most the output tokens the cascade reserved for), the answer
+        validator and the call's context."""
         context = self._context(messages, kwargs)
         tools = kwargs.pop("tools", None)
         self._sync_callbacks()
-        stage_kwargs = []
-        for i in range(len(self.stages)):
-            limit = self._cascade.stage_max_tokens(i, context)
-            stage_kwargs.append(kwargs if limit is None else {**kwargs, "max_tokens": limit})
         if not tools:
-            for each in stage_kwargs:
-                for name in ("tool_required", "allow_parallel_tool_calls", "tool_choice"):
-                    each.pop(name, None)
-            validate = ToolCallValidator([])
-            return [s.chat for s in self.stages], [s.achat for s in self.stages], stage_kwargs, validate, context
-        required = "any" if kwargs.get("tool_required") else None
-        validate = ToolCallValidator(_convert.tool_specs(tools), required)
-        sync, asyn = [], []
-        for stage in self.stages:
-            if not isinstance(stage, FunctionCallingLLM):
+            for name in ("tool_required", "allow_parallel_tool_calls", "tool_choice"):
+                kwargs.pop(name, None)
+        plan = _Plan(messages, [text for _, text in _convert.turns(messages)])
+        for i, stage in enumerate(self.stages):
+            limit = self._cascade.stage_max_tokens(i, context)
+            own = getattr(stage, "max_tokens", None)
+            if limit is not None and isinstance(own, int) and own > limit:
+                # LlamaIndex's OpenAI sends its own max_tokens over a call's: call a copy capped at the limit
+                stage = stage.model_copy(update={"max_tokens": limit})
+            stage_kwargs = kwargs if limit is None else {**kwargs, "max_tokens": limit}
+            if not tools:
+                plan.add(stage, stage.chat, stage.achat, stage_kwargs, self._cascade.models[i])
+            elif not isinstance(stage, FunctionCallingLLM):
                 raise ConfigurationError(f"stage {stage_name(stage)!r} does not support function calling")
-            sync.append(_with_tools(stage.chat_with_tools, tools))
-            asyn.append(_with_tools(stage.achat_with_tools, tools))
-        return sync, asyn, stage_kwargs, validate, context
+            else:
+                sync, asyn = _with_tools(stage.chat_with_tools, tools), _with_tools(stage.achat_with_tools, tools)
+                plan.add(stage, sync, asyn, stage_kwargs, self._cascade.models[i])
+        required = "any" if kwargs.get("tool_required") else None
+        validate = ToolCallValidator(_convert.tool_specs(tools) if tools else [], required if tools else None)
+        return plan, validate, context
 
     @dispatcher.span
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        sync, _, stage_kwargs, validate, context = self._plan(messages, kwargs)
-        calls = [_call(fn, messages, kw) for fn, kw in zip(sync, stage_kwargs, strict=True)]
-        result = self._cascade.run(_convert.query_text(messages), calls, validate, context)
+        plan, validate, context = self._plan(messages, kwargs)
+        result = self._cascade.run(_convert.query_text(messages), plan.sync_calls(), validate, context)
         return _convert.final_response(result)
 
     @dispatcher.span
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        _, asyn, stage_kwargs, validate, context = self._plan(messages, kwargs)
-        calls = [_acall(fn, messages, kw) for fn, kw in zip(asyn, stage_kwargs, strict=True)]
-        result = await self._cascade.arun(_convert.query_text(messages), calls, validate, context)
+        plan, validate, context = self._plan(messages, kwargs)
+        result = await self._cascade.arun(_convert.query_text(messages), plan.async_calls(), validate, context)
         return _convert.final_response(result)
 
     @dispatcher.span
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         has_tools = bool(kwargs.get("tools"))
-        sync, _, stage_kwargs, validate, context = self._plan(messages, kwargs)
-        calls = [_call(fn, messages, kw) for fn, kw in zip(sync, stage_kwargs, strict=True)]
-        live = None if has_tools else _live(self.stages[-1], messages, stage_kwargs[-1])
+        plan, validate, context = self._plan(messages, kwargs)
+        progress = LiveProgress(plan.prompt)
+        live = None if has_tools else functools.partial(plan.sync_live, progress)
+        query, calls = _convert.query_text(messages), plan.sync_calls()
 
         def gen() -> ChatResponseGen:
             text = ""
-            for item in self._cascade.stream(_convert.query_text(messages), calls, live, validate, context):
-                if isinstance(item, CascadeResult):
-                    yield _convert.closing_response(item, text, with_answer=not text)
-                else:
-                    text += item.delta or ""
-                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=item.delta)
+            stream = self._cascade.stream(query, calls, live, validate, context, progress)
+            try:
+                for item in stream:
+                    if isinstance(item, CascadeResult):
+                        yield _convert.closing_response(item, text, with_answer=not text)
+                    else:
+                        text += item.delta or ""
+                        message = ChatMessage(role=MessageRole.ASSISTANT, content=text)
+                        yield ChatResponse(message=message, delta=item.delta)
+            finally:
+                stream.close()  # type: ignore[attr-defined]  # a caller that stops reading: the cascade settles
 
         return gen()
 
     @dispatcher.span
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         has_tools = bool(kwargs.get("tools"))
-        _, asyn, stage_kwargs, validate, context = self._plan(messages, kwargs)
-        calls = [_acall(fn, messages, kw) for fn, kw in zip(asyn, stage_kwargs, strict=True)]
-        live = None if has_tools else _alive(self.stages[-1], messages, stage_kwargs[-1])
+        plan, validate, context = self._plan(messages, kwargs)
+        progress = LiveProgress(plan.prompt)
+        live = None if has_tools else functools.partial(plan.async_live, progress)
+        query, calls = _convert.query_text(messages), plan.async_calls()
 
         async def gen() -> ChatResponseAsyncGen:
             text = ""
-            async for item in self._cascade.astream(_convert.query_text(messages), calls, live, validate, context):
-                if isinstance(item, CascadeResult):
-                    yield _convert.closing_response(item, text, with_answer=not text)
-                else:
-                    text += item.delta or ""
-                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=item.delta)
+            stream = self._cascade.astream(query, calls, live, validate, context, progress)
+            try:
+                async for item in stream:
+                    if isinstance(item, CascadeResult):
+                        yield _convert.closing_response(item, text, with_answer=not text)
+                    else:
+                        text += item.delta or ""
+                        message = ChatMessage(role=MessageRole.ASSISTANT, content=text)
+                        yield ChatResponse(message=message, delta=item.delta)
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]  # a caller that stops reading: the cascade settles
 
         return gen()
 
@@ -347,38 +359,67 @@ def _with_tools(method: Callable[..., Any], tools: list[BaseTool]) -> Callable[.
     return call
 
 
-def _call(fn: Callable[..., ChatResponse], messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> Any:
-    return lambda: _convert.to_output(fn(messages, **kwargs))
+@dataclass
+class _Plan:
+    """Each stage's chat functions, keywords and model name for one call, and the prompt's texts (for
+    the usage estimate when a provider reports none)."""
 
+    messages: Sequence[ChatMessage]
+    prompt: list[str]
+    stages: list[tuple[LLM, Callable[..., Any], Callable[..., Any], dict[str, Any], str]] = field(default_factory=list)
 
-def _acall(fn: Callable[..., Any], messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> Any:
-    async def call() -> StageOutput:
-        return _convert.to_output(await fn(messages, **kwargs))
+    def add(
+        self, stage: LLM, sync: Callable[..., Any], asyn: Callable[..., Any], kw: dict[str, Any], model: str
+    ) -> None:
+        self.stages.append((stage, sync, asyn, kw, model))
 
-    return call
+    def _output(self, response: ChatResponse, model: str, *, cut: bool = False) -> StageOutput:
+        output = _convert.to_output(response)
+        return with_usage(replace(output, truncated=True) if cut else output, self.prompt, model)
 
+    def sync_calls(self) -> list[Callable[[], StageOutput]]:
+        def call(sync: Callable[..., ChatResponse], kw: dict[str, Any], model: str) -> Callable[[], StageOutput]:
+            return lambda: self._output(sync(self.messages, **kw), model)
 
-def _live(
-    stage: LLM, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
-) -> Callable[[], Generator[ChatResponse, None, StageOutput]]:
-    def live() -> Generator[ChatResponse, None, StageOutput]:
-        last: ChatResponse | None = None
-        for response in stage.stream_chat(messages, **kwargs):
-            last = response
+        return [call(sync, kw, model) for _, sync, _, kw, model in self.stages]
+
+    def async_calls(self) -> list[Callable[[], Any]]:
+        def call(asyn: Callable[..., Any], kw: dict[str, Any], model: str) -> Callable[[], Any]:
+            async def run() -> StageOutput:
+                return self._output(await asyn(self.messages, **kw), model)
+
+            return run
+
+        return [call(asyn, kw, model) for _, _, asyn, kw, model in self.stages]
+
+    def _live_kwargs(self) -> tuple[LLM, dict[str, Any], str]:
+        """The last stage, its keywords with usage asked for where the client can report it on a stream."""
+        stage, _, _, kw, model = self.stages[-1]
+        try:
+            from llama_index.llms.openai import OpenAI
+        except ImportError:  # pragma: no cover - installed with the llamaindex extra
+            return stage, kw, model
+        return stage, ({**kw, "stream_options": {"include_usage": True}} if isinstance(stage, OpenAI) else kw), model
+
+    def sync_live(self, progress: LiveProgress) -> Generator[ChatResponse, None, StageOutput]:
+        stage, kw, model = self._live_kwargs()
+        last, cut = _EMPTY, False
+        for response in stage.stream_chat(self.messages, **kw):
+            last, cut = response, cut or _convert.finish_reason(response) == "length"
+            progress.add(response.delta or "")
             yield response
-        return _convert.to_output(last or ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content="")))
+        return self._output(last, model, cut=cut)
 
-    return live
-
-
-def _alive(
-    stage: LLM, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
-) -> Callable[[Callable[[StageOutput], None]], AsyncIterator[ChatResponse]]:
-    async def live(done: Callable[[StageOutput], None]) -> AsyncIterator[ChatResponse]:
-        last: ChatResponse | None = None
-        async for response in await stage.astream_chat(messages, **kwargs):
-            last = response
+    async def async_live(
+        self, progress: LiveProgress, done: Callable[[StageOutput], None]
+    ) -> AsyncIterator[ChatResponse]:
+        stage, kw, model = self._live_kwargs()
+        last, cut = _EMPTY, False
+        async for response in await stage.astream_chat(self.messages, **kw):
+            last, cut = response, cut or _convert.finish_reason(response) == "length"
+            progress.add(response.delta or "")
             yield response
-        done(_convert.to_output(last or ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=""))))
+        done(self._output(last, model, cut=cut))
 
-    return live
+
+_EMPTY = ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=""))

@@ -9,11 +9,12 @@ framework adapters, cannot disagree on which answer is returned.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Literal
@@ -35,6 +36,7 @@ __all__ = [
     "Attempt",
     "Cascade",
     "CascadeResult",
+    "LiveProgress",
     "StageOutput",
     "ToolCall",
     "StageFailureWarnings",
@@ -42,6 +44,7 @@ __all__ = [
     "check_thresholds",
     "max_output_tokens_of",
     "output_limit_of",
+    "with_usage",
 ]
 
 log = logging.getLogger(__name__)
@@ -359,6 +362,7 @@ class Cascade:
         live_last: LiveStream | None,
         validate: Validator | None = None,
         context: CallContext | None = None,
+        progress: LiveProgress | None = None,
     ) -> Iterator[Any]:
         """Like :meth:`run`, but the last stage (under ``return_policy="last"``) streams live.
 
@@ -366,8 +370,12 @@ class Cascade:
         adapter's chunks and returns the assembled :class:`StageOutput`; its chunks are yielded here as
         they come. The final item is the :class:`CascadeResult`. A live stream that fails before its
         first chunk escalates like any error; one that fails mid-stream raises (its chunks are out).
+
+        When the caller stops reading while the last stage streams (the generator is closed), the
+        stage is settled and recorded at an estimate of what it produced so far: the prompt and text
+        the adapter's live stream put in ``progress`` (flagged ``usage_estimated``), not left held.
         """
-        return self._sync(query, calls, live_last, validate, context)
+        return self._sync(query, calls, live_last, validate, context, progress)
 
     def _sync(
         self,
@@ -376,6 +384,7 @@ class Cascade:
         live_last: LiveStream | None,
         validate: Validator | None,
         context: CallContext | None,
+        progress: LiveProgress | None = None,
     ) -> Iterator[Any]:
         self._check_calls(calls)
         started = time.perf_counter()
@@ -386,7 +395,13 @@ class Cascade:
             while True:
                 step = steps.send(value)
                 if isinstance(step, _Call) and live_last is not None and self._streams_live(step.stage):
-                    value = yield from _live(live_last)
+                    live_started = time.perf_counter()
+                    try:
+                        value = yield from _live(live_last)
+                    except GeneratorExit:  # the caller stopped reading: settle what the stage produced so far
+                        called = _Called(_abandoned(progress, self.models[step.stage]), None, _ms(live_started))
+                        self._abandon(steps, called, calls, started, context)
+                        raise
                 else:
                     value = self._sync_step(step, calls)
         except StopIteration as stop:
@@ -415,8 +430,11 @@ class Cascade:
         live_last: AsyncLiveStream | None,
         validate: Validator | None = None,
         context: CallContext | None = None,
+        progress: LiveProgress | None = None,
     ) -> AsyncIterator[Any]:
-        """The async twin of :meth:`stream`; ``live_last(done)`` yields chunks and calls ``done(output)``."""
+        """The async twin of :meth:`stream`; ``live_last(done)`` yields chunks and calls ``done(output)``.
+        A stream closed (``aclose()``) or cancelled while the last stage streams is settled like
+        :meth:`stream`'s."""
         self._check_calls(calls)
         started = time.perf_counter()
         context = context or CallContext()
@@ -427,8 +445,16 @@ class Cascade:
                 step = steps.send(value)
                 if isinstance(step, _Call) and live_last is not None and self._streams_live(step.stage):
                     box: list[_Called] = []
-                    async for chunk in _alive(live_last, box):
-                        yield chunk
+                    live = _alive(live_last, box)
+                    live_started = time.perf_counter()
+                    try:
+                        async for chunk in live:
+                            yield chunk
+                    except (GeneratorExit, asyncio.CancelledError):  # the caller stopped reading
+                        await live.aclose()
+                        called = _Called(_abandoned(progress, self.models[step.stage]), None, _ms(live_started))
+                        await self._aabandon(steps, called, calls, started, context)
+                        raise
                     value = box[0]
                 else:
                     value = await self._async_step(step, calls)
@@ -440,6 +466,40 @@ class Cascade:
 
     def _streams_live(self, stage: int) -> bool:
         return stage == len(self.models) - 1 and self.return_policy == "last"
+
+    def _abandon(
+        self, steps: Generator[object, Any, CascadeResult], called: _Called, calls: Sequence[StageCall],
+        started: float, context: CallContext,
+    ) -> None:  # fmt: skip
+        """Finish a call whose caller stopped reading its live stream: the stage's settlement (and any
+        other step the decisions still ask for) is performed, and the call is recorded as failed."""
+        value: Any = called
+        try:
+            while True:
+                value = self._sync_step(steps.send(value), calls)
+        except StopIteration as stop:
+            self._record_abandoned(stop.value, started, context)
+        except _Failed as failed:
+            self._record_abandoned(failed.result, started, context)
+
+    async def _aabandon(
+        self, steps: Generator[object, Any, CascadeResult], called: _Called, calls: Sequence[AsyncStageCall],
+        started: float, context: CallContext,
+    ) -> None:  # fmt: skip
+        """:meth:`_abandon` on the event loop."""
+        value: Any = called
+        try:
+            while True:
+                value = await self._async_step(steps.send(value), calls)
+        except StopIteration as stop:
+            self._record_abandoned(stop.value, started, context)
+        except _Failed as failed:
+            self._record_abandoned(failed.result, started, context)
+
+    def _record_abandoned(self, result: CascadeResult, started: float, context: CallContext) -> None:
+        result.latency_ms = _ms(started)
+        result.context = context
+        self.tracker.record_failure(result)
 
     def _sync_step(self, step: object, calls: Sequence[StageCall]) -> Any:
         if isinstance(step, ScoreRequest):
@@ -586,7 +646,11 @@ def _live(live_last: LiveStream) -> Generator[Any, None, _Called]:
         while True:
             chunk = next(stream)
             emitted = True
-            yield chunk
+            try:
+                yield chunk
+            except GeneratorExit:
+                stream.close()  # the provider's stream ends with the caller's
+                raise
     except StopIteration as stop:
         return _Called(_kept(stop.value), None, _ms(started))
     except Exception as exc:
@@ -595,14 +659,19 @@ def _live(live_last: LiveStream) -> Generator[Any, None, _Called]:
         return _Called(None, exc, _ms(started))
 
 
-async def _alive(live_last: AsyncLiveStream, box: list[_Called]) -> AsyncIterator[Any]:
+async def _alive(live_last: AsyncLiveStream, box: list[_Called]) -> AsyncGenerator[Any, None]:
     started = time.perf_counter()
     done: list[StageOutput] = []
     emitted = False
+    stream = live_last(done.append)
     try:
-        async for chunk in live_last(done.append):
+        async for chunk in stream:
             emitted = True
-            yield chunk
+            try:
+                yield chunk
+            except GeneratorExit:
+                await stream.aclose()  # type: ignore[attr-defined]  # the provider's stream ends with the caller's
+                raise
     except Exception as exc:
         if emitted:
             raise
@@ -612,6 +681,51 @@ async def _alive(live_last: AsyncLiveStream, box: list[_Called]) -> AsyncIterato
         box.append(_Called(None, RuntimeError("live stream ended without an output"), _ms(started)))
     else:
         box.append(_Called(_kept(done[0]), None, _ms(started)))
+
+
+@dataclass
+class LiveProgress:
+    """What a live-streamed last stage has produced so far, kept by the adapter's live stream (it adds
+    each chunk's text before yielding the chunk) so that the core can bill a stream the caller stops
+    reading. ``prompt`` holds the texts of the prompt's messages."""
+
+    prompt: Sequence[str] = ()
+    text: str = ""
+
+    def add(self, text: str) -> None:
+        self.text += text
+
+
+def with_usage(output: StageOutput, prompt: Sequence[str], model: str) -> StageOutput:
+    """``output`` with the token counts its provider did not report estimated (see
+    :mod:`shared_scorer.tokens`): input from the prompt's texts, output from the answer's text and tool
+    calls; such an output is flagged ``usage_estimated``. Reported counts are kept as they are.
+
+    >>> with_usage(StageOutput("Paris", 9, 1), ["Capital of France?"], "m").usage_estimated
+    False
+    >>> estimated = with_usage(StageOutput("Paris"), ["Capital of France?"], "m")
+    >>> (estimated.input_tokens, estimated.output_tokens, estimated.usage_estimated)
+    (13, 2, True)
+    """
+    if not isinstance(output, StageOutput) or (output.input_tokens is not None and output.output_tokens is not None):
+        return output
+    from shared_scorer.tokens import estimate_prompt_tokens, estimate_tokens
+
+    written = "\n".join(t for t in (output.text, _tool_text(output)) if t)
+    return replace(
+        output,
+        input_tokens=output.input_tokens if output.input_tokens is not None else estimate_prompt_tokens(prompt, model),
+        output_tokens=output.output_tokens if output.output_tokens is not None else estimate_tokens(written, model),
+        usage_estimated=True,
+    )
+
+
+def _abandoned(progress: LiveProgress | None, model: str) -> StageOutput:
+    """The live stage's output when the caller stopped reading: an invalid answer (never cached or
+    accepted) billed at an estimate of what was produced."""
+    progress = progress or LiveProgress()
+    problem = f"the caller stopped reading the stream after {len(progress.text)} characters"
+    return with_usage(StageOutput(progress.text, problems=(problem,)), progress.prompt, model)
 
 
 def _kept(output: Any) -> Any:

@@ -19,6 +19,7 @@ from frugal_langchain import FrugalChatModel
 from shared_scorer import CascadeError, ConfigurationError, TokenPrice, UnknownPriceError
 from shared_scorer.data import Record, load_records
 from shared_scorer.replay.testing import make_record, replay_server
+from shared_scorer.tokens import estimate_prompt_tokens
 
 SMALL, BIG = "replay-small", "replay-big"
 PRICES = {SMALL: ("0.5", "1.5"), BIG: ("5", "15")}
@@ -257,8 +258,12 @@ def test_tool_calling_agent_with_recorded_scenario():
     assert ai[-1].content == "It is sunny and 21 C in Paris."
     assert [m.response_metadata["frugal"]["model"] for m in ai] == [BIG, SMALL]
     assert ai[0].response_metadata["frugal"]["stages"][0]["status"] == "invalid"
+    # the broken call's provider reported no usage: it is estimated (flagged), never billed as $0
+    broken = ai[0].response_metadata["frugal"]["stages"][0]
+    estimated_in = estimate_prompt_tokens(["What is the weather in Paris?"], SMALL)
+    assert (broken["input_tokens"], broken["output_tokens"], broken["usage_estimated"]) == (estimated_in, 0, True)
     total = sum((Decimal(m.response_metadata["frugal"]["cost_usd"]) for m in ai), Decimal(0))
-    assert total == cost(BIG, 80, 15) + cost(SMALL, 120, 12)
+    assert total == cost(SMALL, estimated_in, 0) + cost(BIG, 80, 15) + cost(SMALL, 120, 12)
 
 
 def test_rag_chain_with_local_minilm_embeddings():
