@@ -3,8 +3,13 @@
     frugal replay-server --data FILE       serve recorded answers as an OpenAI-compatible endpoint
     frugal train-scorer --train FILE ...   train the DistilBERT scorer on recorded answers
     frugal eval --data FILE --scorer DIR   replay a dataset through FrugalChatModel; print the figures
+    frugal collect | fit | bench           record answers, learn a strategy, measure it (shared_scorer.fit_cli)
+    frugal report | serve                  spend from a ledger; the cascade as an OpenAI endpoint (budget.cli)
+    frugal train-cache-verifier | cache-bench   the answer cache's verifier and figures (cache.cli)
 
-The core stays framework-free: ``eval`` imports the LangChain adapter only when it runs.
+One dispatch convention: every subcommand sets its handler with ``set_defaults(run=handler)`` and
+:func:`main` calls ``args.run(args)``. The core stays framework-free: ``eval`` and ``serve`` import an
+adapter only when they run, and name the extra to install when it is missing.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from shared_scorer.data import Record
 from shared_scorer.errors import ConfigurationError, FrugalError
@@ -28,48 +34,25 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def positive_int(text: str) -> int:
-    """An ``argparse`` type: a whole number >= 1 (anything else is argparse's usage error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An ``argparse`` type: ``convert(text)`` when ``ok`` holds, else argparse's usage error naming ``expected``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An ``argparse`` type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An ``argparse`` type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """An ``argparse`` type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
+positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _checked(float, lambda v: math.isfinite(v) and v > 0, "a number > 0")
+fraction = _checked(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def _names(text: str) -> list[str]:

@@ -67,10 +67,7 @@ def test_verifier_files_are_hashed_and_checked(trained, tmp_path):
     meta = json.loads((folder / "verifier.json").read_text())
     assert {"model.safetensors", "config.json", "tokenizer/tokenizer.json"} <= set(meta["sha256"])
     weights = folder / "model.safetensors"
-    original = weights.read_bytes()
-    flipped = bytearray(original)
-    flipped[-1] ^= 0x01  # one bit of one weight: still a valid safetensors file
-    weights.write_bytes(bytes(flipped))
+    original = flip_last_bit(weights)
     with pytest.raises(CheckpointError, match=r"model\.safetensors: SHA-256 differs from verifier\.json"):
         PairVerifier.load(folder)
     weights.write_bytes(original)
@@ -107,6 +104,13 @@ def test_verifier_weights_linked_from_outside_are_refused(trained, tmp_path):
     (folder / "model.safetensors").symlink_to(outside)
     with pytest.raises(CheckpointError, match=r"model\.safetensors: a link to .*outside the checkpoint folder"):
         PairVerifier.load(folder)
+
+
+def flip_last_bit(path):
+    """Flip one bit of one weight (the file stays valid safetensors); return the original bytes."""
+    original = path.read_bytes()
+    path.write_bytes(original[:-1] + bytes([original[-1] ^ 0x01]))
+    return original
 
 
 def _sha(path):
@@ -157,10 +161,7 @@ def test_feature_verifier_trains_saves_loads_and_serves_through_a_cache(tmp_path
     texts = (["How do I learn about chess?"], ["How can I learn about chess 7?"])
     assert np.allclose(cache.verifier.probabilities(*texts), verifier.probabilities(*texts))
     weights = folder / "features.safetensors"
-    original = weights.read_bytes()
-    flipped = bytearray(original)
-    flipped[-1] ^= 0x01  # one bit of one weight: still a valid safetensors file
-    weights.write_bytes(bytes(flipped))
+    original = flip_last_bit(weights)
     with pytest.raises(CheckpointError, match=r"features\.safetensors: SHA-256 differs from verifier\.json"):
         FeatureVerifier.load(folder)
     outside = tmp_path / "elsewhere.safetensors"
