@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -121,6 +120,7 @@ class FrugalChatModel(BaseChatModel):
     needed for a stage whose client sets no ``max_tokens``). Each stage call is sent at most this."""
 
     _cascade: Cascade = PrivateAttr()
+    _callable_stages: list[Any] = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
         reject_unknown_arguments(type(self), data)
@@ -131,6 +131,7 @@ class FrugalChatModel(BaseChatModel):
             what="a LangChain chat model (BaseChatModel)",
             name_of=stage_name,
         )
+        self._callable_stages = [_with_stream_usage(stage) for stage in self.stages]
 
     @classmethod
     def from_strategy(cls, path: str | Path | Strategy, stages: Mapping[str, Any], **options: Any) -> FrugalChatModel:
@@ -349,9 +350,9 @@ class FrugalChatModel(BaseChatModel):
     def _children(self, kwargs: dict[str, Any]) -> list[Runnable[Any, BaseMessage]]:
         tools = kwargs.get("tools")
         if not tools:
-            return list(self.stages)
+            return list(self._callable_stages)
         extra = {k: kwargs[k] for k in ("tool_choice", "parallel_tool_calls") if k in kwargs}
-        return [stage.bind_tools(tools, **extra) for stage in self.stages]
+        return [stage.bind_tools(tools, **extra) for stage in self._callable_stages]
 
     def _generate(
         self,
@@ -488,20 +489,9 @@ class _StageCall:
     async def async_call(self) -> StageOutput:
         return self._output(await self.child.ainvoke(self.messages, self.config, **self.kwargs))
 
-    def _stream_kwargs(self) -> dict[str, Any]:
-        """The keywords of a live stream: usage asked for where the child can report it on a stream."""
-        cls = type(self.child)
-        asks = "stream_usage" in getattr(cls, "model_fields", {})  # ChatOpenAI and its kin
-        if not asks:
-            try:
-                asks = "stream_usage" in inspect.signature(cls._stream).parameters  # type: ignore[attr-defined]
-            except (AttributeError, TypeError, ValueError):
-                asks = False
-        return {**self.kwargs, "stream_usage": True} if asks else self.kwargs
-
     def sync_live(self, progress: LiveProgress) -> Generator[AIMessageChunk, None, StageOutput]:
         full: AIMessageChunk | None = None
-        for chunk in self.child.stream(self.messages, self.config, **self._stream_kwargs()):
+        for chunk in self.child.stream(self.messages, self.config, **self.kwargs):
             assert isinstance(chunk, AIMessageChunk)
             full = chunk if full is None else full + chunk
             progress.add(chunk.text)
@@ -512,12 +502,21 @@ class _StageCall:
         self, progress: LiveProgress, done: Callable[[StageOutput], None]
     ) -> AsyncIterator[AIMessageChunk]:
         full: AIMessageChunk | None = None
-        async for chunk in self.child.astream(self.messages, self.config, **self._stream_kwargs()):
+        async for chunk in self.child.astream(self.messages, self.config, **self.kwargs):
             assert isinstance(chunk, AIMessageChunk)
             full = chunk if full is None else full + chunk
             progress.add(chunk.text)
             yield chunk
         done(self._output(_assembled(full)))
+
+
+def _with_stream_usage(stage: Any) -> Any:
+    """The stage as it is called: a copy with ``stream_usage=True`` where the client has that field and
+    the user left it unset (ChatOpenAI and its kin), so that a streamed call (a live last stage, or any
+    stage under ``astream_events``, which streams every call) reports the tokens it was billed for."""
+    if "stream_usage" in getattr(type(stage), "model_fields", {}) and "stream_usage" not in stage.model_fields_set:
+        return stage.model_copy(update={"stream_usage": True})
+    return stage
 
 
 def _assembled(full: AIMessageChunk | None) -> AIMessage:

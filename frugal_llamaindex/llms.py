@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
 )
 from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.tools import BaseTool
@@ -262,21 +264,22 @@ class FrugalLLM(FunctionCallingLLM):
         plan, validate, context = self._plan(messages, kwargs)
         progress = LiveProgress(plan.prompt)
         live = None if has_tools else functools.partial(plan.sync_live, progress)
-        query, calls = _convert.query_text(messages), plan.sync_calls()
+        query, calls, span = _convert.query_text(messages), plan.sync_calls(), active_span_id.get()
 
         def gen() -> ChatResponseGen:
             text = ""
             stream = self._cascade.stream(query, calls, live, validate, context, progress)
             try:
-                for item in stream:
-                    if isinstance(item, CascadeResult):
-                        yield _convert.closing_response(item, text, with_answer=not text)
-                    else:
-                        text += item.delta or ""
-                        message = ChatMessage(role=MessageRole.ASSISTANT, content=text)
-                        yield ChatResponse(message=message, delta=item.delta)
+                while True:
+                    with _in_span(span):  # the stage calls made while reading are children of this call's span
+                        item = next(stream, _END)
+                    if item is _END:
+                        return
+                    response, text = _streamed(item, text)
+                    yield response
             finally:
-                stream.close()  # type: ignore[attr-defined]  # a caller that stops reading: the cascade settles
+                with _in_span(span):
+                    stream.close()  # type: ignore[attr-defined]  # a caller that stops reading: the cascade settles
 
         return gen()
 
@@ -286,21 +289,22 @@ class FrugalLLM(FunctionCallingLLM):
         plan, validate, context = self._plan(messages, kwargs)
         progress = LiveProgress(plan.prompt)
         live = None if has_tools else functools.partial(plan.async_live, progress)
-        query, calls = _convert.query_text(messages), plan.async_calls()
+        query, calls, span = _convert.query_text(messages), plan.async_calls(), active_span_id.get()
 
         async def gen() -> ChatResponseAsyncGen:
             text = ""
             stream = self._cascade.astream(query, calls, live, validate, context, progress)
             try:
-                async for item in stream:
-                    if isinstance(item, CascadeResult):
-                        yield _convert.closing_response(item, text, with_answer=not text)
-                    else:
-                        text += item.delta or ""
-                        message = ChatMessage(role=MessageRole.ASSISTANT, content=text)
-                        yield ChatResponse(message=message, delta=item.delta)
+                while True:
+                    with _in_span(span):  # the stage calls made while reading are children of this call's span
+                        item = await anext(stream, _END)
+                    if item is _END:
+                        return
+                    response, text = _streamed(item, text)
+                    yield response
             finally:
-                await stream.aclose()  # type: ignore[attr-defined]  # a caller that stops reading: the cascade settles
+                with _in_span(span):
+                    await stream.aclose()  # type: ignore[attr-defined]  # a caller that stops reading: the cascade settles
 
         return gen()
 
@@ -336,6 +340,27 @@ def stage_name(llm: Any) -> str:
     except Exception:
         name = None
     return name if isinstance(name, str) and name and name != "unknown" else type(llm).__name__
+
+
+_END = object()
+
+
+@contextmanager
+def _in_span(span_id: str | None) -> Iterator[None]:
+    """Make ``span_id`` the active instrumentation span (a stream is read after its call's span closed)."""
+    token = active_span_id.set(span_id)
+    try:
+        yield
+    finally:
+        active_span_id.reset(token)
+
+
+def _streamed(item: Any, text: str) -> tuple[ChatResponse, str]:
+    """The response one item of the cascade's stream becomes, and the text streamed so far."""
+    if isinstance(item, CascadeResult):
+        return _convert.closing_response(item, text, with_answer=not text), text
+    text += item.delta or ""
+    return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=item.delta), text
 
 
 def _as_messages(prompt: str) -> list[ChatMessage]:

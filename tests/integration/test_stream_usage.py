@@ -68,26 +68,17 @@ def held_and_spent(b: Budget) -> tuple[Decimal, Decimal]:
     return status.held_usd, status.spent_usd
 
 
+def settings(**options: Any) -> dict[str, Any]:
+    limits = {SMALL: 1000, BIG: 1000}
+    return {"scorer": scorer, "thresholds": [0.5], "prices": PRICES, "max_output_tokens": limits, **options}
+
+
 def lc(server: Any, **options: Any) -> FrugalChatModel:
-    return FrugalChatModel(
-        stages=[chat(server, SMALL), chat(server, BIG)],
-        scorer=scorer,
-        thresholds=[0.5],
-        prices=PRICES,
-        max_output_tokens={SMALL: 1000, BIG: 1000},
-        **options,
-    )
+    return FrugalChatModel(stages=[chat(server, SMALL), chat(server, BIG)], **settings(**options))
 
 
 def li(server: Any, **options: Any) -> FrugalLLM:
-    return FrugalLLM(
-        stages=[like(server, SMALL), like(server, BIG)],
-        scorer=scorer,
-        thresholds=[0.5],
-        prices=PRICES,
-        max_output_tokens={SMALL: 1000, BIG: 1000},
-        **options,
-    )
+    return FrugalLLM(stages=[like(server, SMALL), like(server, BIG)], **settings(**options))
 
 
 def last_stage(trail: dict[str, Any]) -> tuple[int, int, bool, Decimal]:
@@ -227,3 +218,20 @@ def test_llamaindex_stream_chat_closed_early_settles_what_was_produced(server):
     assert held == 0
     assert spent == cost(SMALL, 12, 3) + partial_cost(BIG, first.message.content or "")
     assert Decimal(llm.cost_tracker.summary()["total_cost_usd"]) == spent
+
+
+async def test_llamaindex_astream_chat_aclose_settles_what_was_produced(server):
+    b = budget()
+    llm = li(server, budget=b, tenant="acme", user="ann")
+    stream = await llm.astream_chat([ChatMessage(role="user", content=QUESTION)])
+    text = ""
+    async for response in stream:
+        text = response.message.content or ""
+        if text:
+            break
+    await stream.aclose()
+    (status,) = b.status(Scope("acme", "ann"))
+    assert status.held_usd == 0
+    assert status.spent_usd == cost(SMALL, 12, 3) + partial_cost(BIG, text)
+    trail_failures = llm.cost_tracker.summary()
+    assert trail_failures["failed_calls"] == 1 and Decimal(trail_failures["total_cost_usd"]) == status.spent_usd
