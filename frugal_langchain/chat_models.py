@@ -513,7 +513,9 @@ class _StageCall:
 def _with_stream_usage(stage: Any) -> Any:
     """The stage as it is called: a copy with ``stream_usage=True`` where the client has that field and
     the user left it unset (ChatOpenAI and its kin), so that a streamed call (a live last stage, or any
-    stage under ``astream_events``, which streams every call) reports the tokens it was billed for."""
+    stage under ``astream_events``, which streams every call) reports the tokens it was billed for. A
+    stage whose OpenAI-compatible server rejects ``stream_options`` is given ``stream_usage=False``
+    (its streamed calls are then billed on an estimate, flagged ``usage_estimated``)."""
     if "stream_usage" in getattr(type(stage), "model_fields", {}) and "stream_usage" not in stage.model_fields_set:
         return stage.model_copy(update={"stream_usage": True})
     return stage

@@ -418,7 +418,9 @@ class _Plan:
         return [call(asyn, kw, model) for _, _, asyn, kw, model in self.stages]
 
     def _live_kwargs(self) -> tuple[LLM, dict[str, Any], str]:
-        """The last stage, its keywords with usage asked for where the client can report it on a stream."""
+        """The last stage, its keywords with usage asked for where the client can report it on a stream
+        (OpenAI and OpenAILike: ``stream_options.include_usage``; a server that rejects it is given
+        ``additional_kwargs={"stream_options": {"include_usage": False}}``, which wins over a call's)."""
         stage, _, _, kw, model = self.stages[-1]
         try:
             from llama_index.llms.openai import OpenAI

@@ -235,3 +235,11 @@ async def test_llamaindex_astream_chat_aclose_settles_what_was_produced(server):
     assert status.spent_usd == cost(SMALL, 12, 3) + partial_cost(BIG, text)
     trail_failures = llm.cost_tracker.summary()
     assert trail_failures["failed_calls"] == 1 and Decimal(trail_failures["total_cost_usd"]) == status.spent_usd
+
+
+def test_a_stage_that_opts_out_of_stream_usage_is_estimated_and_flagged(server):
+    llm = FrugalChatModel(stages=[chat(server, SMALL), chat(server, BIG, stream_usage=False)], **settings())
+    chunks = list(llm.stream(QUESTION))
+    expected = (estimate_prompt_tokens([QUESTION], BIG), estimate_tokens(LONG, BIG))
+    assert last_stage(chunks[-1].response_metadata["frugal"]) == (*expected, True, cost(BIG, *expected))
+    assert llm.cost_tracker.summary()["stage_calls_with_estimated_usage"] == 1
