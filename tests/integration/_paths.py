@@ -195,6 +195,11 @@ def check_cell(
             pass
         elif len(trails) == len(replies):
             total = sum((usd(t["cost_usd"]) for t in trails), Decimal(0))
+            for trail in trails:
+                try:
+                    json.dumps(trail)
+                except TypeError as exc:
+                    expect(False, f"{where} the trail is not JSON-safe: {exc}")
             expect(total == cost, f"{where} trail cost {total}, replay server billed {cost}")
             hits = [t.get("cache_hit") is not None for t in trails]
             expect(hits == [hit] * len(trails), f"{where} cache_hit on the trail {hits}, expected {hit}")
@@ -204,6 +209,10 @@ def check_cell(
                     want = price(stage["model"], *tokens) if tokens else None
                     got = usd(stage["cost_usd"])
                     expect(got == want, f"{where} stage {stage['stage']} ({stage['model']}) cost {got}, billed {want}")
+                    estimated = stage.get("usage_estimated")
+                    expect(
+                        not estimated, f"{where} stage {stage['stage']} usage estimated, though the provider reports it"
+                    )
         else:
             expect(False, f"{where} {len(replies) - len(trails)} of {len(replies)} answers carry no frugal trail")
         # 3. child runs
