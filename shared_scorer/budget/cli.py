@@ -79,7 +79,7 @@ def add_budget_parsers(subparsers: argparse._SubParsersAction) -> None:  # type:
     )
     serve.add_argument(
         "--stage-timeout",
-        type=float,
+        type=_positive_float,
         default=60.0,
         help="seconds a stage call may take before it fails and the query escalates (default: 60)",
     )
@@ -118,6 +118,16 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
 
 
