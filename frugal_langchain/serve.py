@@ -49,6 +49,7 @@ from shared_scorer.replay._protocol import (
     error_body,
     message_text,
     stream_chunks,
+    usage_body,
 )
 
 if TYPE_CHECKING:
@@ -447,9 +448,7 @@ async def _buffered_events(reply: Reply, common: dict[str, Any], trail: Any) -> 
     """A whole answer as ``chat.completion.chunk`` events; the finish chunk carries the usage and trail."""
     chunks = list(stream_chunks(reply, include_usage=False, **common))
     if reply.usage is not None:
-        prompt, completion = reply.usage
-        chunks[-1]["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                               "total_tokens": prompt + completion}  # fmt: skip
+        chunks[-1]["usage"] = usage_body(reply.usage)
     chunks[-1]["frugal"] = trail
     for chunk in chunks:
         yield f"data: {json.dumps(chunk)}\n\n"
@@ -511,10 +510,6 @@ async def _live_events(
         if text:
             yield event({"content": text})
         item = await queue.get()
-    totals = {
-        "prompt_tokens": usage.get("input_tokens", 0),
-        "completion_tokens": usage.get("output_tokens", 0),
-        "total_tokens": usage.get("total_tokens", 0),
-    }
+    totals = usage_body((int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))))
     yield event({}, "stop", usage=totals, frugal=_jsonable(trail))
     yield "data: [DONE]\n\n"
