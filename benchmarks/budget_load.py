@@ -68,6 +68,7 @@ KINDS = (
 )
 """What request ``n`` does: ``KINDS[n % 10]`` (long: a reply of 4,500 to 5,943 output tokens)."""
 HOSTILE = (-5, "abc", -1_000_000_000, True)
+SHORT_MAX_TOKENS = 64
 FAULTS = [(SMALL, "500", 12), (SMALL, "malformed", 6), (BIG, "429", 6), (BIG, "garbage", 4)]
 REPLICA_TTL_S = 120.0
 """The replicas' reservation time to live: longer than any call, so only the killed victim's hold expires."""
@@ -135,6 +136,8 @@ async def _request(http: Any, n: int) -> dict[str, Any]:
     scope, kind = scope_of(n), kind_of(n)
     client = http.with_options(api_key=key_of(scope))
     messages = [{"role": "user", "content": query_text(n)}]
+    # a short question asks for at most SHORT_MAX_TOKENS (it lowers the stages' caps, and so the reservations)
+    cap: dict[str, Any] = {} if kind.startswith("long") else {"max_tokens": SHORT_MAX_TOKENS}
     row: dict[str, Any] = {"n": n, "tenant": scope.tenant, "user": scope.user, "kind": kind}
     try:
         if kind == "hostile":
@@ -142,7 +145,7 @@ async def _request(http: Any, n: int) -> dict[str, Any]:
             await client.chat.completions.create(model="frugal", messages=messages, extra_body=bad)
             row["outcome"] = "hostile_accepted"  # must never happen
         elif "stream" in kind:
-            stream = await client.chat.completions.create(model="frugal", messages=messages, stream=True)
+            stream = await client.chat.completions.create(model="frugal", messages=messages, stream=True, **cap)
             received, last = 0, None
             async for chunk in stream:
                 received, last = received + 1, chunk
@@ -152,7 +155,7 @@ async def _request(http: Any, n: int) -> dict[str, Any]:
                     return row
             row.update(_outcome((last.model_extra or {}).get("frugal") if last is not None else None))
         else:
-            reply = await client.chat.completions.create(model="frugal", messages=messages)
+            reply = await client.chat.completions.create(model="frugal", messages=messages, **cap)
             row.update(_outcome((reply.model_extra or {}).get("frugal")))
     except openai.BadRequestError:
         row["outcome"] = "bad_request"
