@@ -44,7 +44,7 @@ from benchmarks._machine import machine
 from shared_scorer.budget import Budget, LedgerCostTracker, Limit, from_nano
 from shared_scorer.budget.redis_ledger import RedisLedger
 from shared_scorer.budget.redis_server import redis_server
-from shared_scorer.hooks import Scope
+from shared_scorer.context import Scope
 
 SMALL, BIG, HANG = "load-small", "load-big", "load-hang"
 PRICES = {SMALL: ("0.5", "1.5"), BIG: ("5", "15"), HANG: ("5", "15")}
@@ -98,7 +98,7 @@ def query_text(n: int) -> str:
 
 def records(requests: int) -> list[Any]:
     """Two recorded answers per request (small, big) and the victim's."""
-    from shared_scorer.replay.testing import make_record
+    from shared_scorer.server.testing import make_record
 
     out = []
     for n in range(requests):
@@ -202,7 +202,7 @@ def worker(redis_url: str, replay_url: str, prefix: str, limit_usd: str, n0: int
     """One replica and its clients: ``count`` concurrent requests; puts the list of per-request rows on ``results``."""
     import openai
 
-    from frugal_langchain import serve
+    from shared_scorer.server import gateway
 
     server, thread, base_url = _replica(redis_url, replay_url, prefix, limit_usd)
 
@@ -211,7 +211,7 @@ def worker(redis_url: str, replay_url: str, prefix: str, limit_usd: str, n0: int
         return await asyncio.gather(*(_request(http, n) for n in range(n0, n0 + count)))
 
     rows = asyncio.run(main())
-    _wait(lambda: not serve._background, 60, "the streams of clients that hung up to be read to the end")
+    _wait(lambda: not gateway.background, 60, "the streams of clients that hung up to be read to the end")
     server.should_exit = True
     thread.join(timeout=10)
     results.put(rows)
@@ -222,7 +222,7 @@ def victim(redis_url: str, replay_url: str, prefix: str, ttl_s: float, limit_usd
     import openai
 
     from shared_scorer.cascade import Cascade
-    from shared_scorer.hooks import build_context
+    from shared_scorer.context import build_context
     from shared_scorer.outcome import StageOutput
 
     async def main() -> None:
@@ -254,7 +254,7 @@ def _wait(condition: Any, timeout_s: float, what: str) -> float:
 
 def run_load(*, workers: int = 4, requests: int = 200, limit_usd: str = "3", ttl_s: float = 3.0) -> dict[str, Any]:
     """Run the load and return the figures (money as exact decimal strings)."""
-    from shared_scorer.replay.testing import replay_server
+    from shared_scorer.server.testing import replay_server
 
     started = time.perf_counter()
     # A fork server imports the heavy modules once; each replica is then a cheap fork of a thread-free process.
@@ -410,7 +410,7 @@ def _accounts(bills: list[Any], rows: list[Any], requests: int) -> dict[str, Any
 def max_reservation(requests: int) -> Decimal:
     """The largest single reservation of the load: a stage's price at its cap and the longest prompt's bound."""
     from shared_scorer import TokenPrice
-    from shared_scorer.hooks import build_context
+    from shared_scorer.context import build_context
 
     longest = max((query_text(n) for n in range(requests)), key=lambda q: len(q.encode()))
     bound = build_context([("user", longest)], scope=Scope("any")).input_tokens_bound

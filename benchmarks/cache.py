@@ -5,7 +5,7 @@
 
 Reports duplicate_hit_rate and wrong_hit_share for the conservative default (and a trained verifier),
 the precision-recall curve, and lookup latency p50/p99 of the embedded store with 10,000 and 100,000
-entries (embedding and verification timed apart). See ``shared_scorer.cache.bench``.
+entries (embedding and verification timed apart). See ``shared_scorer.cache.evaluation``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._machine import machine  # noqa: E402
-from shared_scorer.optimize import Table, search  # noqa: E402
+from shared_scorer.fitting.search import Table, search  # noqa: E402
 
 
 def synthetic(models: int, queries: int, seed: int) -> Table:

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from shared_scorer.data import load_records
+    from shared_scorer.fitting.data import load_records
     from shared_scorer.scoring.base import ScoreRequest
     from shared_scorer.scoring.distilbert import DistilBertScorer
     from shared_scorer.scoring.training import TrainConfig, auroc, expected_calibration_error

@@ -10,7 +10,7 @@ from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from shared_scorer.cascade import CascadeResult, StageOutput, ToolCall
+from shared_scorer.outcome import CascadeResult, StageOutput, ToolCall
 from shared_scorer.tools import ToolSpec
 
 

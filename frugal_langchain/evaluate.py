@@ -16,13 +16,12 @@ from typing import Any
 from langchain_openai import ChatOpenAI
 
 from frugal_langchain.chat_models import FrugalChatModel
-from shared_scorer.caps import split_cap
 from shared_scorer.costs import PriceSpec, resolve_price
-from shared_scorer.data import Record
-from shared_scorer.data import load_prices as load_prices  # re-exported: the parser lives in the core
 from shared_scorer.errors import CascadeError, ConfigurationError, DataError
-from shared_scorer.replay import ReplayServer
+from shared_scorer.fitting.data import Record
 from shared_scorer.scoring.base import Scorer
+from shared_scorer.server.replay import ReplayServer
+from shared_scorer.strategy import split_cap
 
 
 @dataclass(frozen=True)

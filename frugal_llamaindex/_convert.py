@@ -8,7 +8,7 @@ from typing import Any
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole, ToolCallBlock
 from llama_index.core.tools import BaseTool
 
-from shared_scorer.cascade import CascadeResult, StageOutput, ToolCall
+from shared_scorer.outcome import CascadeResult, StageOutput, ToolCall
 from shared_scorer.tools import ToolSpec, parse_arguments
 
 

@@ -28,13 +28,15 @@ from llama_index.core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from frugal_llamaindex import _convert
-from shared_scorer.assemble import build_from_strategy, reject_unknown_arguments
-from shared_scorer.cascade import Cascade, CascadeResult, LiveProgress, StageOutput, Validator, cascade_for, with_usage
-from shared_scorer.costs import CostTracker
+from shared_scorer.adapters.assemble import build_from_strategy, cascade_for, reject_unknown_arguments
+from shared_scorer.cascade import Cascade, Validator
+from shared_scorer.context import CallContext, Scope, build_context
 from shared_scorer.errors import ConfigurationError
-from shared_scorer.hooks import CallContext, Scope, build_context
+from shared_scorer.outcome import CascadeResult, StageOutput
 from shared_scorer.strategy import Strategy
+from shared_scorer.streaming import LiveProgress, with_usage
 from shared_scorer.tools import ToolCallValidator
+from shared_scorer.tracking import CostTracker
 
 dispatcher = get_dispatcher(__name__)
 

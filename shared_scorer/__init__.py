@@ -3,8 +3,8 @@
 Nothing here imports LangChain or LlamaIndex; torch and transformers load only with the DistilBERT scorer.
 """
 
-from shared_scorer.cascade import Attempt, Cascade, CascadeResult, StageOutput, ToolCall
-from shared_scorer.costs import CatalogPrice, CostTracker, Price, TokenPrice, resolve_price
+from shared_scorer.cascade import Cascade
+from shared_scorer.costs import CatalogPrice, Price, TokenPrice, resolve_price
 from shared_scorer.errors import (
     BudgetExceeded,
     CascadeError,
@@ -17,8 +17,10 @@ from shared_scorer.errors import (
     StageFailure,
     UnknownPriceError,
 )
+from shared_scorer.outcome import Attempt, CascadeResult, StageOutput, ToolCall
 from shared_scorer.scoring.base import FunctionScorer, Scorer, ScoreRequest
 from shared_scorer.tools import ToolCallValidator, ToolSpec
+from shared_scorer.tracking import CostTracker
 
 __all__ = [
     "Attempt",

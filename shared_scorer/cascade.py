@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
-from shared_scorer.costs import CostTracker, Price, PriceSpec, resolve_price
+from shared_scorer.context import CallContext, check_max_tokens
+from shared_scorer.costs import Price, PriceSpec, resolve_price
 from shared_scorer.errors import (
     BudgetExceeded,
     CascadeError,
@@ -28,24 +28,29 @@ from shared_scorer.errors import (
     LedgerError,
     StageFailure,
 )
-from shared_scorer.hooks import AnswerCacheHook, BudgetHook, CacheHit, CallContext, Reservation, check_max_tokens
-from shared_scorer.outcome import Attempt, CascadeResult, StageOutput, ToolCall, usd
-from shared_scorer.scoring.base import Scorer, ScoreRequest, as_scorer, check_score
+from shared_scorer.outcome import Attempt, CascadeResult, StageOutput, tool_text, usd
+from shared_scorer.protocols import (
+    AnswerCacheHook,
+    AsyncAnswerCacheHook,
+    AsyncBudgetHook,
+    BudgetHook,
+    CacheHit,
+    Reservation,
+)
+from shared_scorer.scoring.base import AsyncScorer, Scorer, ScoreRequest, as_scorer, check_score
+from shared_scorer.streaming import (
+    AsyncLiveStream,
+    Called,
+    LiveProgress,
+    LiveStream,
+    abandoned,
+    alive,
+    elapsed_ms,
+    live,
+)
+from shared_scorer.tracking import CostTracker, StageFailureWarnings
 
-__all__ = [
-    "Attempt",
-    "Cascade",
-    "CascadeResult",
-    "LiveProgress",
-    "StageOutput",
-    "ToolCall",
-    "StageFailureWarnings",
-    "cascade_for",
-    "check_thresholds",
-    "max_output_tokens_of",
-    "output_limit_of",
-    "with_usage",
-]
+__all__ = ["Cascade", "check_thresholds"]
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +59,11 @@ BudgetPolicy = Literal["stop", "raise"]
 Validator = Callable[[StageOutput], "str | None"]
 StageCall = Callable[[], StageOutput]
 AsyncStageCall = Callable[[], Awaitable[StageOutput]]
-LiveStream = Callable[[], Generator[Any, None, StageOutput]]
-AsyncLiveStream = Callable[[Callable[[StageOutput], None]], AsyncIterator[Any]]
 
 
 @dataclass
 class _Call:
     stage: int
-
-
-@dataclass
-class _Called:
-    output: StageOutput | None
-    error: BaseException | None
-    latency_ms: float
 
 
 @dataclass
@@ -245,7 +241,7 @@ class Cascade:
                         return result
                     raise _Failed(self._result(attempts, None, outputs, failures, fallback=False), granted)
                 reservation = granted
-            called: _Called = yield _Call(i)
+            called: Called = yield _Call(i)
             attempt.latency_ms = called.latency_ms
             if called.output is not None:
                 self._price(attempt, called.output)
@@ -269,7 +265,7 @@ class Cascade:
             outputs[i] = output
             if not last or self.return_policy == "best":
                 request = ScoreRequest(
-                    query, output.text or _tool_text(output), attempt.model, i, tuple(answers), output.output_tokens
+                    query, output.text or tool_text(output), attempt.model, i, tuple(answers), output.output_tokens
                 )
                 attempt.score = check_score((yield request), request)
                 if best is None or attempt.score > (attempts[best].score or 0.0):
@@ -397,9 +393,9 @@ class Cascade:
                 if isinstance(step, _Call) and live_last is not None and self._streams_live(step.stage):
                     live_started = time.perf_counter()
                     try:
-                        value = yield from _live(live_last)
+                        value = yield from live(live_last)
                     except GeneratorExit:  # the caller stopped reading: settle what the stage produced so far
-                        called = _Called(_abandoned(progress, self.models[step.stage]), None, _ms(live_started))
+                        called = Called(abandoned(progress, self.models[step.stage]), None, elapsed_ms(live_started))
                         self._abandon(steps, called, calls, started, context)
                         raise
                 else:
@@ -444,15 +440,15 @@ class Cascade:
             while True:
                 step = steps.send(value)
                 if isinstance(step, _Call) and live_last is not None and self._streams_live(step.stage):
-                    box: list[_Called] = []
-                    live = _alive(live_last, box)
+                    box: list[Called] = []
+                    live_stream = alive(live_last, box)
                     live_started = time.perf_counter()
                     try:
-                        async for chunk in live:
+                        async for chunk in live_stream:
                             yield chunk
                     except (GeneratorExit, asyncio.CancelledError):  # the caller stopped reading
-                        await live.aclose()
-                        called = _Called(_abandoned(progress, self.models[step.stage]), None, _ms(live_started))
+                        await live_stream.aclose()
+                        called = Called(abandoned(progress, self.models[step.stage]), None, elapsed_ms(live_started))
                         await self._aabandon(steps, called, calls, started, context)
                         raise
                     value = box[0]
@@ -468,7 +464,7 @@ class Cascade:
         return stage == len(self.models) - 1 and self.return_policy == "last"
 
     def _abandon(
-        self, steps: Generator[object, Any, CascadeResult], called: _Called, calls: Sequence[StageCall],
+        self, steps: Generator[object, Any, CascadeResult], called: Called, calls: Sequence[StageCall],
         started: float, context: CallContext,
     ) -> None:  # fmt: skip
         """Finish a call whose caller stopped reading its live stream: the stage's settlement (and any
@@ -478,12 +474,12 @@ class Cascade:
             while True:
                 value = self._sync_step(steps.send(value), calls)
         except StopIteration as stop:
-            self._record_abandoned(stop.value, started, context)
+            self._recordabandoned(stop.value, started, context)
         except _Failed as failed:
-            self._record_abandoned(failed.result, started, context)
+            self._recordabandoned(failed.result, started, context)
 
     async def _aabandon(
-        self, steps: Generator[object, Any, CascadeResult], called: _Called, calls: Sequence[AsyncStageCall],
+        self, steps: Generator[object, Any, CascadeResult], called: Called, calls: Sequence[AsyncStageCall],
         started: float, context: CallContext,
     ) -> None:  # fmt: skip
         """:meth:`_abandon` on the event loop."""
@@ -492,12 +488,12 @@ class Cascade:
             while True:
                 value = await self._async_step(steps.send(value), calls)
         except StopIteration as stop:
-            self._record_abandoned(stop.value, started, context)
+            self._recordabandoned(stop.value, started, context)
         except _Failed as failed:
-            self._record_abandoned(failed.result, started, context)
+            self._recordabandoned(failed.result, started, context)
 
-    def _record_abandoned(self, result: CascadeResult, started: float, context: CallContext) -> None:
-        result.latency_ms = _ms(started)
+    def _recordabandoned(self, result: CascadeResult, started: float, context: CallContext) -> None:
+        result.latency_ms = elapsed_ms(started)
         result.context = context
         self.tracker.record_failure(result)
 
@@ -509,35 +505,38 @@ class Cascade:
             try:
                 output = calls[step.stage]()
             except Exception as exc:
-                return _Called(None, exc, _ms(started))
-            return _Called(output, None, _ms(started))
+                return Called(None, exc, elapsed_ms(started))
+            return Called(output, None, elapsed_ms(started))
         return self._hook_step(step, asynchronous=False)
 
     async def _async_step(self, step: object, calls: Sequence[AsyncStageCall]) -> Any:
         if isinstance(step, ScoreRequest):
-            ascore = getattr(self.scorer, "ascore", None)
-            return await ascore(step) if ascore is not None else self.scorer.score(step)
+            if isinstance(self.scorer, AsyncScorer):
+                return await self.scorer.ascore(step)
+            return self.scorer.score(step)
         if isinstance(step, _Call):
             started = time.perf_counter()
             try:
                 output = await calls[step.stage]()
             except Exception as exc:
-                return _Called(None, exc, _ms(started))
-            return _Called(output, None, _ms(started))
+                return Called(None, exc, elapsed_ms(started))
+            return Called(output, None, elapsed_ms(started))
         pending = self._hook_step(step, asynchronous=True)
         return await pending if isinstance(pending, Awaitable) else pending
 
     def _hook_step(self, step: object, *, asynchronous: bool) -> Any:
-        """Cache and budget steps; on the event loop, a hook's ``a``-prefixed method is used if it has one."""
-
-        def method(hook: object, name: str) -> Callable[..., Any]:
-            async_method = getattr(hook, "a" + name, None) if asynchronous else None
-            return async_method or getattr(hook, name)  # type: ignore[no-any-return]
-
+        """Cache and budget steps; on the event loop, a hook's async twin
+        (:class:`~shared_scorer.protocols.AsyncBudgetHook`, :class:`~shared_scorer.protocols.AsyncAnswerCacheHook`)
+        is used when it implements one."""
+        budget: Any = self.budget
+        cache: Any = self.answer_cache
+        async_budget = asynchronous and isinstance(budget, AsyncBudgetHook)
+        async_cache = asynchronous and isinstance(cache, AsyncAnswerCacheHook)
         if isinstance(step, _Reserve):
-            assert self.budget is not None
+            assert budget is not None
             try:
-                reserve = method(self.budget, "reserve")(step.context, step.model, step.amount)
+                reserve_fn = budget.areserve if async_budget else budget.reserve
+                reserve = reserve_fn(step.context, step.model, step.amount)
             except BudgetExceeded as exc:
                 return exc
             except ConfigurationError:
@@ -548,20 +547,20 @@ class Cascade:
                 return _catch_budget(reserve)
             return reserve
         if isinstance(step, _Settle):
-            assert self.budget is not None
+            assert budget is not None
             try:
-                settle = method(self.budget, "settle")(step.reservation, step.actual)
+                settle = (budget.asettle if async_budget else budget.settle)(step.reservation, step.actual)
             except Exception as exc:
                 return _settle_failed(step, exc)
             if asynchronous and isinstance(settle, Awaitable):
                 return _catch_settle(settle, step)
             return settle
         if isinstance(step, _Lookup):
-            assert self.answer_cache is not None
-            return _tolerant(method(self.answer_cache, "lookup"), "lookup", step.query, step.context)
+            assert cache is not None
+            return _tolerant(cache.alookup if async_cache else cache.lookup, "lookup", step.query, step.context)
         if isinstance(step, _Store):
-            assert self.answer_cache is not None
-            store = method(self.answer_cache, "store")
+            assert cache is not None
+            store = cache.astore if async_cache else cache.store
             return _tolerant(
                 store, "store", step.query, step.answer, step.context,
                 model=step.model, score=step.score, cost_usd=step.cost_usd,
@@ -569,14 +568,14 @@ class Cascade:
         raise AssertionError(f"unknown cascade step {step!r}")  # pragma: no cover
 
     def _finish(self, result: CascadeResult, started: float, context: CallContext) -> CascadeResult:
-        result.latency_ms = _ms(started)
+        result.latency_ms = elapsed_ms(started)
         result.context = context
         self.tracker.record(result)
         return result
 
     def _fail(self, failed: _Failed, started: float, context: CallContext) -> FrugalError:
         """The error to raise (``raise error from error.__cause__``), with the call's result attached."""
-        failed.result.latency_ms = _ms(started)
+        failed.result.latency_ms = elapsed_ms(started)
         failed.result.context = context
         self.tracker.record_failure(failed.result)
         error: FrugalError = failed.error or CascadeError(failed.result.failures)
@@ -638,104 +637,6 @@ async def _atolerant(pending: Awaitable[Any], what: str) -> Any:
         return None
 
 
-def _live(live_last: LiveStream) -> Generator[Any, None, _Called]:
-    started = time.perf_counter()
-    stream = live_last()
-    emitted = False
-    try:
-        while True:
-            chunk = next(stream)
-            emitted = True
-            try:
-                yield chunk
-            except GeneratorExit:
-                stream.close()  # the provider's stream ends with the caller's
-                raise
-    except StopIteration as stop:
-        return _Called(_kept(stop.value), None, _ms(started))
-    except Exception as exc:
-        if emitted:
-            raise
-        return _Called(None, exc, _ms(started))
-
-
-async def _alive(live_last: AsyncLiveStream, box: list[_Called]) -> AsyncGenerator[Any, None]:
-    started = time.perf_counter()
-    done: list[StageOutput] = []
-    emitted = False
-    stream = live_last(done.append)
-    try:
-        async for chunk in stream:
-            emitted = True
-            try:
-                yield chunk
-            except GeneratorExit:
-                await stream.aclose()  # type: ignore[attr-defined]  # the provider's stream ends with the caller's
-                raise
-    except Exception as exc:
-        if emitted:
-            raise
-        box.append(_Called(None, exc, _ms(started)))
-        return
-    if not done:
-        box.append(_Called(None, RuntimeError("live stream ended without an output"), _ms(started)))
-    else:
-        box.append(_Called(_kept(done[0]), None, _ms(started)))
-
-
-@dataclass
-class LiveProgress:
-    """What a live-streamed last stage has produced so far, kept by the adapter's live stream (it adds
-    each chunk's text before yielding the chunk) so that the core can bill a stream the caller stops
-    reading. ``prompt`` holds the texts of the prompt's messages."""
-
-    prompt: Sequence[str] = ()
-    text: str = ""
-
-    def add(self, text: str) -> None:
-        self.text += text
-
-
-def with_usage(output: StageOutput, prompt: Sequence[str], model: str) -> StageOutput:
-    """``output`` with the token counts its provider did not report estimated (see
-    :mod:`shared_scorer.tokens`): input from the prompt's texts, output from the answer's text and tool
-    calls; such an output is flagged ``usage_estimated``. Reported counts are kept as they are.
-
-    >>> with_usage(StageOutput("Paris", 9, 1), ["Capital of France?"], "m").usage_estimated
-    False
-    >>> estimated = with_usage(StageOutput("Paris"), ["Capital of France?"], "m")
-    >>> (estimated.input_tokens, estimated.output_tokens, estimated.usage_estimated)
-    (13, 2, True)
-    """
-    if not isinstance(output, StageOutput) or (output.input_tokens is not None and output.output_tokens is not None):
-        return output
-    from shared_scorer.tokens import estimate_prompt_tokens, estimate_tokens
-
-    written = "\n".join(t for t in (output.text, _tool_text(output)) if t)
-    return replace(
-        output,
-        input_tokens=output.input_tokens if output.input_tokens is not None else estimate_prompt_tokens(prompt, model),
-        output_tokens=output.output_tokens if output.output_tokens is not None else estimate_tokens(written, model),
-        usage_estimated=True,
-    )
-
-
-def _abandoned(progress: LiveProgress | None, model: str) -> StageOutput:
-    """The live stage's output when the caller stopped reading: an invalid answer (never cached or
-    accepted) billed at an estimate of what was produced."""
-    progress = progress or LiveProgress()
-    problem = f"the caller stopped reading the stream after {len(progress.text)} characters"
-    return with_usage(StageOutput(progress.text, problems=(problem,)), progress.prompt, model)
-
-
-def _kept(output: Any) -> Any:
-    """A live-streamed reply cut at its output limit whose text the caller already received is kept as
-    the answer (it cannot be taken back); one with no text is still invalid, and the cascade falls back."""
-    if isinstance(output, StageOutput) and output.truncated and output.text.strip():
-        return replace(output, truncated=False)
-    return output
-
-
 def _tokens(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
@@ -754,134 +655,11 @@ def _check_output(output: StageOutput) -> str | None:
     return None
 
 
-def _tool_text(output: StageOutput) -> str:
-    import json
-
-    return "\n".join(f"{call.name}({json.dumps(dict(call.arguments), sort_keys=True)})" for call in output.tool_calls)
-
-
-def _ms(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0
-
-
-class StageFailureWarnings:
-    """Logs a warning when a stage's provider call raises: at most once per stage per ``window_s``
-    seconds, with the number of failures since the last warning, so a stage that fails on every call
-    (a misspelt model answering 404) is visible without flooding the log.
-
-    >>> warnings = StageFailureWarnings(window_s=60.0, clock=lambda: 0.0)
-    >>> warnings.failed(0, "gpt-4o-mni", "NotFoundError: 404")
-    True
-    >>> warnings.failed(0, "gpt-4o-mni", "NotFoundError: 404")  # counted, not logged again
-    False
-    """
-
-    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.window_s = window_s
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._last_warned: dict[int, float] = {}
-        self._pending: dict[int, tuple[int, float]] = {}  # stage -> (failures since last warning, first at)
-
-    def failed(self, stage: int, model: str, error: str) -> bool:
-        """Count one failure of ``stage``; log a warning if none was logged for it within the window."""
-        now = self.clock()
-        with self._lock:
-            count, first = self._pending.get(stage, (0, now))
-            count += 1
-            last = self._last_warned.get(stage)
-            if last is not None and now - last < self.window_s:
-                self._pending[stage] = (count, first)
-                return False
-            self._last_warned[stage] = now
-            self._pending.pop(stage, None)
-        log.warning(
-            "stage %d (%s) failed %d time(s) in the last %.0f s; queries go on to the next stage. Last error: %s",
-            stage, model, count, now - first, error,
-        )  # fmt: skip
-        return True
-
-
 def _no_limit(stage: int, model: str) -> str:
     return (
         f"stage {stage} ({model}) has no known maximum of output tokens, so a budget cannot reserve its worst "
         f"case; give it with max_output_tokens={{{model!r}: N}} or set max_tokens on the stage"
     )
-
-
-_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-
-
-def output_limit_of(stage: object, model: str, given: Mapping[str, object] | None = None) -> int | None:
-    """The most output tokens ``stage`` (named ``model``) writes per call, from the first source that has
-    it: ``given[model]`` (the user's ``max_output_tokens`` mapping); the stage's own ``max_tokens``,
-    ``max_completion_tokens`` or ``max_output_tokens`` field; its ``profile["max_output_tokens"]``
-    (LangChain model profiles). ``None`` when none does. (The price catalogue, ``genai-prices``,
-    publishes context windows but no output limits, so it is not a source.)
-
-    >>> class Stage:
-    ...     max_tokens = 512
-    >>> output_limit_of(Stage(), "m"), output_limit_of(Stage(), "m", {"m": 64}), output_limit_of(object(), "m")
-    (512, 64, None)
-    """
-    if given and model in given:
-        return check_max_tokens(given[model], f"max_output_tokens[{model!r}]")
-    for name in _LIMIT_FIELDS:
-        value = getattr(stage, name, None)
-        if value is not None:
-            return check_max_tokens(value, f"{name} of stage {model!r}")
-    profile = getattr(stage, "profile", None)
-    if isinstance(profile, Mapping) and profile.get("max_output_tokens") is not None:
-        return check_max_tokens(profile["max_output_tokens"], f"profile['max_output_tokens'] of stage {model!r}")
-    return None
-
-
-def cascade_for(
-    settings: Any, *, is_stage: Callable[[object], bool], what: str, name_of: Callable[[Any], str]
-) -> Cascade:
-    """The cascade an adapter model delegates to, checked at construction.
-
-    ``settings`` is the adapter model: it has ``stages``, ``thresholds``, ``scorer``, ``prices``,
-    ``return_policy``, ``cost_tracker``, ``answer_cache``, ``budget`` and ``on_budget``, and may have
-    ``max_output_tokens`` (a mapping of model name to its maximum output tokens) and ``max_tokens`` (a
-    cap the adapter sends to every stage). Each stage's output limit is the smaller of the one
-    :func:`output_limit_of` finds and ``max_tokens``; with a budget, a stage with neither is an error here.
-    """
-    stages = list(settings.stages)
-    if not stages:
-        raise ConfigurationError(f"{type(settings).__name__} needs at least one stage")
-    for i, stage in enumerate(stages):
-        if not is_stage(stage):
-            raise ConfigurationError(f"stage {i} must be {what}, got {type(stage).__name__}")
-    names = [name_of(stage) for stage in stages]
-    given = getattr(settings, "max_output_tokens", None)
-    if given is not None and not isinstance(given, Mapping):
-        raise ConfigurationError(f"max_output_tokens must map model names to token counts, got {given!r}")
-    cap = check_max_tokens(getattr(settings, "max_tokens", None), f"{type(settings).__name__}.max_tokens")
-    limits = []
-    for stage, name in zip(stages, names, strict=True):
-        known = [x for x in (output_limit_of(stage, name, given), cap) if x is not None]
-        limits.append(min(known) if known else None)
-    return Cascade(
-        names,
-        settings.thresholds,
-        settings.scorer,
-        prices=settings.prices,
-        return_policy=settings.return_policy,
-        tracker=settings.cost_tracker,
-        answer_cache=settings.answer_cache,
-        budget=settings.budget,
-        on_budget=settings.on_budget,
-        output_limits=limits,
-    )
-
-
-def max_output_tokens_of(stages: Sequence[object]) -> int | None:
-    """The largest number of output tokens any stage may write (see :func:`output_limit_of`), when every
-    stage has a known limit; else ``None``."""
-    limits = [output_limit_of(stage, f"{i} ({type(stage).__name__})") for i, stage in enumerate(stages)]
-    ints = [x for x in limits if x is not None]
-    return max(ints) if len(ints) == len(limits) else None
 
 
 def check_thresholds(thresholds: Sequence[float], stages: int) -> list[float]:

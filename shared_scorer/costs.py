@@ -1,22 +1,20 @@
-"""Prices and the cost tracker: token usage priced in USD as exact ``Decimal``.
+"""Prices: token usage priced in USD as exact ``Decimal``, and the one parser of prices files.
 
 Prices of known models come from the maintained ``genai-prices`` package; a user may override any
-model's price. A model with no known price is an error at construction, never a silent $0.
+model's price. A model with no known price is an error at construction, never a silent $0. The cost
+tracker that adds the prices up is in :mod:`shared_scorer.tracking`.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
-from shared_scorer.errors import ConfigurationError, UnknownPriceError
-from shared_scorer.outcome import usd
-
-if TYPE_CHECKING:
-    from shared_scorer.cascade import CascadeResult
+from shared_scorer.errors import ConfigurationError, DataError, UnknownPriceError
 
 MILLION = Decimal(1_000_000)
 
@@ -107,151 +105,61 @@ def resolve_price(model: str, overrides: Mapping[str, PriceSpec] | None = None) 
     return CatalogPrice(model)
 
 
-@dataclass
-class _Totals:
-    calls: int = 0
-    cost_usd: Decimal = Decimal(0)
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-    def add(self, cost: Decimal, input_tokens: int, output_tokens: int) -> None:
-        self.calls += 1
-        self.cost_usd += cost
-        self.input_tokens += input_tokens
-        self.output_tokens += output_tokens
-
-    def as_dict(self, money: Callable[[Decimal], object]) -> dict[str, object]:
-        return {
-            "calls": self.calls,
-            "cost_usd": money(self.cost_usd),
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-        }
+PricePair = tuple[str, str]
+"""``(input_per_mtok, output_per_mtok)`` as exact decimal strings (USD per million tokens)."""
 
 
-class CostTracker:
-    """Totals of every cascade call: USD by model and by stage, calls, escalations.
+def load_prices(path: str | Path) -> dict[str, tuple[str, str]]:
+    """A prices file: ``{model: {"input_per_mtok": x, "output_per_mtok": y}}`` (USD per million tokens).
 
-    Every stage that was called is counted, rejected ones included. Thread- and task-safe (one lock,
-    never held across an await). :meth:`summary` survives ``json.dumps`` (money as exact strings);
-    ``summary(decimals=True)`` gives the same figures as ``Decimal``.
+    Returns ``{model: (input_per_mtok, output_per_mtok)}`` as exact decimal strings, the shape
+    ``resolve_price`` takes; a bad file is a :class:`DataError` naming the file and the model.
 
-    >>> tracker = CostTracker()
-    >>> tracker.summary()["total_cost_usd"], tracker.summary(decimals=True)["total_cost_usd"]
-    ('0', Decimal('0'))
+    >>> import json, tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+    ...     json.dump({"gpt-x": {"input_per_mtok": 0.25, "output_per_mtok": 2}}, f)
+    >>> load_prices(f.name)
+    {'gpt-x': ('0.25', '2')}
     """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read prices ({exc})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a JSON object of model -> prices")
+    prices: dict[str, tuple[str, str]] = {}
+    for model, spec in raw.items():
+        if not isinstance(spec, dict) or not {"input_per_mtok", "output_per_mtok"} <= set(spec):
+            raise DataError(f"{path}: model {model!r} needs 'input_per_mtok' and 'output_per_mtok'")
+        pair = []
+        for name in ("input_per_mtok", "output_per_mtok"):
+            value = spec[name]
+            try:
+                valid = isinstance(value, int | float | str) and not isinstance(value, bool)
+                number = Decimal(str(value)) if valid else None
+            except ArithmeticError:
+                number = None
+            if number is None or not number.is_finite() or number < 0:
+                raise DataError(f"{path}: model {model!r} field {name!r} must be a number >= 0, got {value!r:.40}")
+            pair.append(str(value))
+        prices[model] = (pair[0], pair[1])
+    return prices
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.reset()
 
-    def reset(self) -> None:
-        """Forget everything recorded so far."""
-        with self._lock:
-            self._calls = 0
-            self._failed_calls = 0
-            self._escalations = 0
-            self._total = Decimal(0)
-            self._all_last_estimate = Decimal(0)
-            self._by_model: dict[str, _Totals] = {}
-            self._by_stage: dict[int, _Totals] = {}
-            self._answered_by_stage: dict[int, int] = {}
-            self._missing_usage = 0
-            self._estimated_usage = 0
-            self._cache_hits = 0
-            self._cache_saved = Decimal(0)
-            self._budget_stops = 0
-            self._settle_errors = 0
-            self._errors_by_stage: dict[int, int] = {}
-            self._errors_by_model: dict[str, int] = {}
-            self._invalid_by_stage: dict[int, int] = {}
+def price_table(prices: Mapping[str, PricePair]) -> dict[str, dict[str, str]]:
+    """``{model: {"input_per_mtok": .., "output_per_mtok": ..}}``: how a strategy file stores prices.
 
-    def record(self, result: CascadeResult) -> None:
-        """Add one finished cascade call (the core calls this; users rarely need to)."""
-        with self._lock:
-            self._record_attempts(result)
-            self._calls += 1
-            if result.cache_hit is not None:
-                self._cache_hits += 1
-                self._cache_saved += result.cache_hit.saved_usd
-            if result.budget_stopped is not None:
-                self._budget_stops += 1
-            if result.answer_stage is not None:
-                self._answered_by_stage[result.answer_stage] = self._answered_by_stage.get(result.answer_stage, 0) + 1
-            self._escalations += result.escalations
-            self._all_last_estimate += result.all_last_estimate_usd
+    >>> price_table({"gpt-x": ("0.25", "2")})
+    {'gpt-x': {'input_per_mtok': '0.25', 'output_per_mtok': '2'}}
+    """
+    return {m: {"input_per_mtok": i, "output_per_mtok": o} for m, (i, o) in prices.items()}
 
-    def record_failure(self, result: CascadeResult) -> None:
-        """Add a cascade call in which every stage failed: its spend still counts."""
-        with self._lock:
-            self._record_attempts(result)
-            self._calls += 1
-            self._failed_calls += 1
-            self._escalations += result.escalations
 
-    def _record_attempts(self, result: CascadeResult) -> None:
-        for attempt in result.attempts:
-            if not attempt.called:
-                continue
-            self._total += attempt.cost_usd
-            self._by_model.setdefault(attempt.model, _Totals()).add(
-                attempt.cost_usd, attempt.input_tokens, attempt.output_tokens
-            )
-            self._by_stage.setdefault(attempt.stage, _Totals()).add(
-                attempt.cost_usd, attempt.input_tokens, attempt.output_tokens
-            )
-            if attempt.usage_estimated:
-                self._estimated_usage += 1
-            elif not attempt.usage_reported:
-                self._missing_usage += 1
-            if attempt.settle_error is not None:
-                self._settle_errors += 1
-            if attempt.status == "error":
-                self._errors_by_stage[attempt.stage] = self._errors_by_stage.get(attempt.stage, 0) + 1
-                self._errors_by_model[attempt.model] = self._errors_by_model.get(attempt.model, 0) + 1
-            elif attempt.status == "invalid":
-                self._invalid_by_stage[attempt.stage] = self._invalid_by_stage.get(attempt.stage, 0) + 1
+def price_pairs(table: Mapping[str, Mapping[str, str]]) -> dict[str, PricePair]:
+    """The inverse of :func:`price_table`: a strategy file's prices as ``{model: (input, output)}``.
 
-    @property
-    def total_cost_usd(self) -> Decimal:
-        """USD spent so far, rejected stages included."""
-        with self._lock:
-            return self._total
-
-    def summary(self, *, decimals: bool = False) -> dict[str, object]:
-        """A snapshot: totals, per model, per stage, and the all-to-last-stage estimate.
-
-        Money is a fixed-point string of the exact amount (``"0.000012"``), so the summary survives
-        ``json.dumps``; with ``decimals=True`` it is the ``Decimal`` itself. ``errors_by_stage`` and
-        ``errors_by_model`` count stage calls that raised (a misspelt model shows up here),
-        ``invalid_by_stage`` answers that failed validation, ``settle_errors`` stage calls whose budget
-        settlement failed (their cost is in the totals all the same).
-
-        ``estimated_cost_if_last_stage_only_usd`` is an estimate: for each call it prices the first
-        stage's input tokens and the returned answer's output tokens at the last stage's price (exact
-        where the last stage answered).
-        """
-        money: Callable[[Decimal], object] = (lambda d: d) if decimals else usd
-        with self._lock:
-            return {
-                "calls": self._calls,
-                "failed_calls": self._failed_calls,
-                "escalations": self._escalations,
-                "total_cost_usd": money(self._total),
-                "by_model": {m: t.as_dict(money) for m, t in self._by_model.items()},
-                "by_stage": {s: t.as_dict(money) for s, t in sorted(self._by_stage.items())},
-                "answered_by_stage": dict(sorted(self._answered_by_stage.items())),
-                "stage_calls_without_usage": self._missing_usage,
-                "stage_calls_with_estimated_usage": self._estimated_usage,
-                "errors_by_stage": dict(sorted(self._errors_by_stage.items())),
-                "errors_by_model": dict(sorted(self._errors_by_model.items())),
-                "invalid_by_stage": dict(sorted(self._invalid_by_stage.items())),
-                "settle_errors": self._settle_errors,
-                "cache_hits": self._cache_hits,
-                "cache_saved_usd": money(self._cache_saved),
-                "budget_stops": self._budget_stops,
-                "estimated_cost_if_last_stage_only_usd": money(self._all_last_estimate),
-                "estimated_savings_usd": money(
-                    self._all_last_estimate - self._total if self._calls > self._failed_calls else Decimal(0)
-                ),
-            }
+    >>> price_pairs({"gpt-x": {"input_per_mtok": "0.25", "output_per_mtok": "2"}})
+    {'gpt-x': ('0.25', '2')}
+    """
+    return {m: (p["input_per_mtok"], p["output_per_mtok"]) for m, p in table.items()}

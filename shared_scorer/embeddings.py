@@ -3,6 +3,9 @@
 The computation is the one sentence-transformers runs for this model: the BERT encoder over text cut to
 256 word pieces, mean pooling over the non-padding tokens, then L2 normalisation. torch and transformers
 are imported when an embedder is built, never when this module is imported.
+
+This is the one home of the sentence encoder; the answer cache's adapters over it (and over LangChain or
+LlamaIndex embedding models) are in :mod:`shared_scorer.cache.embedders`.
 """
 
 from __future__ import annotations

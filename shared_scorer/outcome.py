@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+from shared_scorer.context import CallContext
 from shared_scorer.errors import StageFailure
-from shared_scorer.hooks import CacheHit, CallContext
+from shared_scorer.protocols import CacheHit
 
 Status = Literal["accepted", "rejected", "error", "invalid", "over_budget", "not_called"]
 
@@ -159,3 +161,9 @@ class CascadeResult:
             "budget_stopped": self.budget_stopped,
             "stages": [a.as_dict() for a in self.attempts],
         }
+
+
+def tool_text(output: StageOutput) -> str:
+    """The tool calls of an answer as text, ``name({"arg": ..})`` one a line (what the scorer reads when an
+    answer has no text)."""
+    return "\n".join(f"{call.name}({json.dumps(dict(call.arguments), sort_keys=True)})" for call in output.tool_calls)

@@ -5,23 +5,188 @@ A strategy is one JSON file, written beside the scorer folder it names by a rela
     out/
       strategy.json      format, version, chain, thresholds, objective, frontier, data fingerprint, prices
       scorer/            the DistilBertScorer checkpoint (see shared_scorer.scoring.distilbert)
+
+A chain entry ``model@N`` is ``model`` with its output capped at ``N`` tokens (:func:`split_cap`). The
+frontier types live here, numpy-free, so that loading a strategy never loads the fitting code.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from shared_scorer.errors import CheckpointError, ConfigurationError
-from shared_scorer.optimize.frontier import Frontier, FrontierPoint
 
 FORMAT = "frugal-cascade/strategy"
 VERSION = 1
 FILE_NAME = "strategy.json"
+EPS = 1e-12
+"""Accuracy or cost differences below this are ties (they come from summing floats in another order)."""
+_CAPPED = re.compile(r"^(?P<model>.+)@(?P<cap>[1-9][0-9]*)$")
+
+
+def capped_name(model: str, cap: int) -> str:
+    """``model@cap``."""
+    return f"{model}@{int(cap)}"
+
+
+def split_cap(name: str) -> tuple[str, int | None]:
+    """``("model", cap)`` of ``model@cap``; ``(name, None)`` for a plain model name.
+
+    >>> split_cap("gemini-3.1-pro-preview@3000"), split_cap("gpt-5-mini")
+    (('gemini-3.1-pro-preview', 3000), ('gpt-5-mini', None))
+    """
+    match = _CAPPED.match(name)
+    return (match["model"], int(match["cap"])) if match else (name, None)
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    """One cascade configuration and what it achieved on the data it was measured on.
+
+    ``reach[l]`` is the share of queries that called stage ``l`` (``reach[0] == 1``); ``1 - reach[l+1]/reach[l]``
+    is the acceptance rate of stage ``l``.
+
+    >>> p = FrontierPoint(("small", "big"), (0.7,), accuracy=0.8, cost=0.002)
+    >>> FrontierPoint.from_json(p.to_json()) == p
+    True
+    """
+
+    chain: tuple[str, ...]
+    thresholds: tuple[float, ...]
+    accuracy: float
+    cost: float
+    reach: tuple[float, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chain": list(self.chain),
+            "thresholds": list(self.thresholds),
+            "accuracy": self.accuracy,
+            "cost_per_query": self.cost,
+            "reach": list(self.reach),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> FrontierPoint:
+        """Parse :meth:`to_json` output; a malformed point is a ``ValueError`` naming the field."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a frontier point must be an object, got {type(data).__name__}")
+        chain = data.get("chain")
+        if not isinstance(chain, list) or not chain or not all(isinstance(m, str) for m in chain):
+            raise ValueError("field 'chain' must be a non-empty list of model names")
+        thresholds = data.get("thresholds")
+        if not isinstance(thresholds, list) or len(thresholds) != len(chain) - 1:
+            raise ValueError(f"field 'thresholds' must be a list of {len(chain) - 1} numbers")
+        numbers = {}
+        for name in ("accuracy", "cost_per_query"):
+            value = data.get(name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"field {name!r} must be a finite number, got {value!r}")
+            numbers[name] = float(value)
+        for t in thresholds:
+            if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t <= 1.0:
+                raise ValueError(f"field 'thresholds' must hold numbers in [0, 1], got {t!r}")
+        reach = data.get("reach", [])
+        if not isinstance(reach, list) or not all(isinstance(r, int | float) for r in reach):
+            raise ValueError("field 'reach' must be a list of numbers")
+        return cls(
+            tuple(chain),
+            tuple(float(t) for t in thresholds),
+            numbers["accuracy"],
+            numbers["cost_per_query"],
+            tuple(float(r) for r in reach),
+        )
+
+
+def pareto_order(costs: Sequence[float], accuracies: Sequence[float]) -> list[int]:
+    """Indices of the Pareto-optimal points, cheapest first: each strictly more accurate than every cheaper one.
+
+    Among points of equal cost only the most accurate is kept, and among exact ties the first given (the
+    same as :func:`shared_scorer.fitting.frontier.pareto_mask`, without numpy).
+
+    >>> pareto_order([1.0, 2.0, 2.0, 3.0], [0.5, 0.4, 0.7, 0.7])
+    [0, 2]
+    """
+    order = sorted(range(len(costs)), key=lambda i: (float(costs[i]), -float(accuracies[i]), i))
+    keep: list[int] = []
+    best = -math.inf
+    for i in order:
+        accuracy = float(accuracies[i])
+        if accuracy > best + EPS:
+            keep.append(i)
+        best = max(best, accuracy)
+    return keep
+
+
+@dataclass
+class Frontier:
+    """Pareto-optimal cascades, cheapest first, with objective selection.
+
+    >>> f = Frontier([FrontierPoint(("a",), (), 0.6, 1.0), FrontierPoint(("a", "b"), (0.5,), 0.7, 2.0)])
+    >>> f.select(budget=1.5).chain, f.select(target_accuracy=0.65).chain
+    (('a',), ('a', 'b'))
+    """
+
+    points: list[FrontierPoint]
+
+    def __post_init__(self) -> None:
+        if self.points:
+            index = pareto_order([p.cost for p in self.points], [p.accuracy for p in self.points])
+            self.points = [self.points[i] for i in index]
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __iter__(self) -> Any:
+        return iter(self.points)
+
+    def best_within(self, budget: float) -> FrontierPoint:
+        """The most accurate point whose mean cost per query is at most ``budget``."""
+        fits = [p for p in self.points if p.cost <= budget + EPS * max(1.0, abs(budget))]
+        if not fits:
+            cheapest = self.points[0].cost if self.points else math.nan
+            raise ConfigurationError(
+                f"no cascade costs at most {budget:.6g} per query; the cheapest costs {cheapest:.6g}"
+            )
+        return fits[-1]
+
+    def cheapest_reaching(self, target_accuracy: float) -> FrontierPoint:
+        """The cheapest point whose accuracy is at least ``target_accuracy``."""
+        for point in self.points:
+            if point.accuracy >= target_accuracy - EPS:
+                return point
+        best = self.points[-1].accuracy if self.points else math.nan
+        raise ConfigurationError(
+            f"no cascade reaches accuracy {target_accuracy:.4g}; the most accurate reaches {best:.4g}"
+        )
+
+    def select(self, budget: float | None = None, target_accuracy: float | None = None) -> FrontierPoint:
+        """Exactly one objective: highest accuracy within ``budget``, or lowest cost reaching ``target_accuracy``.
+
+        With neither, the most accurate point.
+        """
+        if budget is not None and target_accuracy is not None:
+            raise ConfigurationError("give a budget or a target accuracy, not both")
+        if not self.points:
+            raise ConfigurationError("the frontier is empty")
+        if budget is not None:
+            return self.best_within(budget)
+        if target_accuracy is not None:
+            return self.cheapest_reaching(target_accuracy)
+        return self.points[-1]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [p.to_json() for p in self.points]
+
+    @classmethod
+    def from_json(cls, data: Sequence[Any]) -> Frontier:
+        return cls([FrontierPoint.from_json(p) for p in data])
 
 
 @dataclass(frozen=True)
@@ -99,8 +264,6 @@ class Strategy:
     def provider_models(self) -> list[str]:
         """The chain's provider models, without output caps (``model@N`` is ``model``): the keys
         ``from_strategy``'s ``stages=`` needs."""
-        from shared_scorer.caps import split_cap
-
         return [split_cap(m)[0] for m in self.chain]
 
     @property

@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 from jsonschema.protocols import Validator as SchemaValidator
 
-from shared_scorer.cascade import StageOutput
+from shared_scorer.outcome import StageOutput
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class ToolCallValidator:
 
     >>> check = ToolCallValidator([ToolSpec("add", {"type": "object", "properties": {"a": {"type": "integer"}},
     ...                                            "required": ["a"]})], required="add")
-    >>> from shared_scorer.cascade import ToolCall
+    >>> from shared_scorer.outcome import ToolCall
     >>> check(StageOutput("", tool_calls=(ToolCall("add", {"a": "x"}),)))
     "tool call 'add': arguments do not fit its schema: 'x' is not of type 'integer' (at a)"
     """

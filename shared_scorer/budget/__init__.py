@@ -11,20 +11,12 @@
 """
 
 from shared_scorer.budget.budget import Budget, BudgetReservation, Limit, LimitStatus, usd_text
-from shared_scorer.budget.ledger import (
-    Charge,
-    Denial,
-    Ledger,
-    MemoryLedger,
-    SpendRecord,
-    from_nano,
-    open_ledger,
-    to_nano,
-)
+from shared_scorer.budget.ledger import Charge, Denial, Ledger, MemoryLedger, SpendRecord, from_nano, to_nano
 from shared_scorer.budget.sqlite_ledger import SQLiteLedger
 from shared_scorer.budget.tracker import LedgerCostTracker, records_of
-from shared_scorer.errors import LedgerError
-from shared_scorer.hooks import BudgetExceeded, Scope
+from shared_scorer.budget.urls import open_ledger
+from shared_scorer.context import Scope
+from shared_scorer.errors import BudgetExceeded, LedgerError
 
 __all__ = [
     "Budget",

@@ -19,9 +19,11 @@ from decimal import Decimal
 from typing import Literal
 from urllib.parse import quote
 
-from shared_scorer.budget.ledger import MAX_NANO, Charge, Ledger, MemoryLedger, from_nano, open_ledger, to_nano
+from shared_scorer.budget.ledger import MAX_NANO, Charge, Ledger, MemoryLedger, from_nano, to_nano
+from shared_scorer.budget.urls import open_ledger
+from shared_scorer.context import CallContext, Scope
 from shared_scorer.errors import BudgetExceeded, ConfigurationError
-from shared_scorer.hooks import CallContext, Reservation, Scope
+from shared_scorer.protocols import Reservation
 
 Period = Literal["hour", "day", "month"]
 LimitScope = Literal["tenant", "user", "overall"]
@@ -121,7 +123,7 @@ class Limit:
 
 @dataclass(frozen=True)
 class BudgetReservation(Reservation):
-    """A :class:`~shared_scorer.hooks.Reservation` that remembers the ledger buckets it holds money in."""
+    """A :class:`~shared_scorer.protocols.Reservation` that remembers the ledger buckets it holds money in."""
 
     keys: tuple[str, ...] = ()
     limits: tuple[str, ...] = ()
@@ -156,9 +158,9 @@ class Budget:
 
     Give it to ``FrugalChatModel(budget=...)``, ``FrugalLLM(budget=...)`` or ``Cascade(budget=...)``; one
     budget may be shared by several models. ``ledger`` is a ledger or a URL (see
-    :func:`~shared_scorer.budget.ledger.open_ledger`).
+    :func:`~shared_scorer.budget.urls.open_ledger`).
 
-    >>> from shared_scorer.hooks import CallContext, Scope
+    >>> from shared_scorer.context import CallContext, Scope
     >>> budget = Budget("memory:", [Limit("tenant", "0.10", period="day")])
     >>> acme = CallContext(Scope("acme", "ann"))
     >>> held = budget.reserve(acme, "gpt-4o", Decimal("0.08"))

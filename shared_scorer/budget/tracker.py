@@ -10,9 +10,10 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from shared_scorer.budget.ledger import Ledger, SpendRecord, open_ledger
-from shared_scorer.costs import CostTracker
-from shared_scorer.hooks import Scope
+from shared_scorer.budget.ledger import Ledger, SpendRecord
+from shared_scorer.budget.urls import open_ledger
+from shared_scorer.context import Scope
+from shared_scorer.tracking import CostTracker
 
 if TYPE_CHECKING:
     from shared_scorer.outcome import CascadeResult
@@ -62,7 +63,7 @@ def records_of(result: CascadeResult, scope: Scope, *, ts: float, failed: bool =
 
 
 class LedgerCostTracker(CostTracker):
-    """A :class:`~shared_scorer.costs.CostTracker` that also writes every call to a ledger's records.
+    """A :class:`~shared_scorer.tracking.CostTracker` that also writes every call to a ledger's records.
 
     Pass it as ``cost_tracker=`` (LangChain), ``tracker=`` (``Cascade``): in-process totals work as before,
     and ``frugal report --ledger ...`` sees the spend of every process writing to the same ledger. A

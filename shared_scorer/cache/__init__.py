@@ -2,7 +2,7 @@
 
 >>> from decimal import Decimal
 >>> from shared_scorer.cache import AnswerCache, HashingEmbedder
->>> from shared_scorer.hooks import CallContext, Scope
+>>> from shared_scorer.context import CallContext, Scope
 >>> cache = AnswerCache(embedder=HashingEmbedder())
 >>> ctx = CallContext(Scope("acme", "ann"), fingerprint="fp")
 >>> cache.store("Capital of France?", "Paris", ctx, model="small", score=0.9, cost_usd=Decimal("0.001"))
@@ -18,11 +18,11 @@ torch and transformers are imported only when a MiniLM embedder or a :class:`Pai
 from shared_scorer.cache.cache import AnswerCache, normalise_query, query_hash
 from shared_scorer.cache.chroma_store import ChromaStore
 from shared_scorer.cache.embedders import Embedder, HashingEmbedder, LazyMiniLM, as_embedder
-from shared_scorer.cache.features import FeatureVerifier, load_verifier
+from shared_scorer.cache.features import FeatureVerifier
 from shared_scorer.cache.index import VectorIndex
 from shared_scorer.cache.pairs import Pair, load_pairs, split_pairs
 from shared_scorer.cache.sqlite_store import SQLiteStore
-from shared_scorer.cache.stacked import StackedVerifier
+from shared_scorer.cache.stacked import StackedVerifier, load_verifier
 from shared_scorer.cache.store import CacheStore, Entry, scope_key
 from shared_scorer.cache.verifier import ConservativeVerifier, PairVerifier, Verifier, lexically_same
 

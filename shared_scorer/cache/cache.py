@@ -24,8 +24,9 @@ from shared_scorer.cache.embedders import Embedder, RecentMemo, as_embedder
 from shared_scorer.cache.sqlite_store import SQLiteStore
 from shared_scorer.cache.store import CacheStore, Entry, context_key, scope_key
 from shared_scorer.cache.verifier import ConservativeVerifier, Verifier
+from shared_scorer.context import CallContext, Scope
 from shared_scorer.errors import ConfigurationError
-from shared_scorer.hooks import CacheHit, CallContext, Scope
+from shared_scorer.protocols import CacheHit
 
 _SPACE = re.compile(r"\s+")
 _TRAILING = re.compile(r"[\s?.!\u3002]+$")  # after NFKC, full-width ?! are ASCII
@@ -60,7 +61,7 @@ class AnswerCache:
     :meth:`invalidate` can drop those of an old strategy.
 
     >>> from shared_scorer.cache import HashingEmbedder
-    >>> from shared_scorer.hooks import CallContext, Scope
+    >>> from shared_scorer.context import CallContext, Scope
     >>> from decimal import Decimal
     >>> cache = AnswerCache(embedder=HashingEmbedder())
     >>> ctx = CallContext(Scope("acme", "ann"), fingerprint="fp")
@@ -96,7 +97,7 @@ class AnswerCache:
         self.backend: CacheStore = store
         self.embedder: Embedder | None = RecentMemo(as_embedder(embedder)) if semantic else None
         if isinstance(verifier, str | Path):
-            from shared_scorer.cache.features import load_verifier
+            from shared_scorer.cache.stacked import load_verifier
 
             self.verifier: Verifier = load_verifier(verifier)
         else:

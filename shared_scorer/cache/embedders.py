@@ -4,7 +4,8 @@ fast hashing embedder for tests.
 Frameworks are recognised by duck typing, never imported: a LangChain ``Embeddings`` has
 ``embed_documents``; a LlamaIndex ``BaseEmbedding`` has ``get_text_embedding_batch``; anything with
 ``embed(list[str])`` (such as :class:`~shared_scorer.embeddings.MiniLMEmbedder`) is used as it is.
-Every vector the cache sees is float32 and L2-normalised, so a dot product is a cosine.
+Every vector the cache sees is float32 and L2-normalised, so a dot product is a cosine. The MiniLM
+encoder itself lives in :mod:`shared_scorer.embeddings`; this module only adapts encoders to the cache.
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ class FeatureVerifier(ThresholdedVerifier):
         choose the cosine floor and the threshold for ``target_wrong_share``."""
         from sklearn.neural_network import MLPClassifier
 
-        from shared_scorer.cache.training import _in_validation
+        from shared_scorer.cache.verifier_training import _in_validation
         from shared_scorer.scoring.training import auroc
 
         started = time.perf_counter()
@@ -187,7 +187,7 @@ class FeatureVerifier(ThresholdedVerifier):
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"w{i}": w for i, w in enumerate(self.weights)} | {f"b{i}": b for i, b in enumerate(self.biases)}
         save_file(tensors, str(folder / "features.safetensors"))
-        from shared_scorer.backbone import file_sha256
+        from shared_scorer.scoring.backbone import file_sha256
 
         meta = {"format": FORMAT, "threshold": self.threshold, "min_similarity": self.min_similarity,
                 "layers": len(self.weights), "info": self.info,
@@ -204,7 +204,7 @@ class FeatureVerifier(ThresholdedVerifier):
         for required in (path, folder / "features.safetensors"):
             if not required.is_file():
                 raise CheckpointError(f"{required}: missing; not a feature-verifier folder")
-        from shared_scorer.backbone import checkpoint_file, verify_sha256
+        from shared_scorer.scoring.backbone import checkpoint_file, verify_sha256
 
         weights_file = checkpoint_file(folder, "features.safetensors", str(path))  # no link out of the folder
         try:
@@ -224,19 +224,3 @@ class FeatureVerifier(ThresholdedVerifier):
             raise CheckpointError(f"{path}: field 'format' must be {FORMAT!r}")
         return cls(weights, biases, threshold=threshold, min_similarity=floor, embedder=embedder,
                    info=meta.get("info") or {})  # fmt: skip
-
-
-def load_verifier(folder: str | Path) -> Any:
-    """A :class:`FeatureVerifier`, :class:`~shared_scorer.cache.stacked.StackedVerifier` or
-    :class:`~shared_scorer.cache.verifier.PairVerifier`, by the format named in its ``verifier.json``."""
-    from shared_scorer.cache import stacked
-    from shared_scorer.cache.verifier import PairVerifier
-
-    path = Path(folder) / "verifier.json"
-    try:
-        kind = json.loads(path.read_text(encoding="utf-8")).get("format")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: missing or unreadable ({exc})") from None
-    if kind == stacked.FORMAT:
-        return stacked.StackedVerifier.load(folder)
-    return FeatureVerifier.load(folder) if kind == FORMAT else PairVerifier.load(folder)

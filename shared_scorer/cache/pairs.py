@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from shared_scorer.data import iter_json_lines
 from shared_scorer.errors import DataError
+from shared_scorer.fitting.data import iter_json_lines
 
 
 @dataclass(frozen=True)

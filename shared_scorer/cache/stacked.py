@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from shared_scorer.cache.embedders import Embedder, as_embedder
+from shared_scorer.cache.features import FORMAT as FEATURES_FORMAT
 from shared_scorer.cache.features import FeatureVerifier
 from shared_scorer.cache.pairs import Pair, hit_figures
 from shared_scorer.cache.verifier import PairVerifier, ThresholdedVerifier, choose_operating_point
@@ -91,7 +92,7 @@ class StackedVerifier(ThresholdedVerifier):
         split), fit the combination and the operating point on the validation pairs."""
         from sklearn.linear_model import LogisticRegression
 
-        from shared_scorer.cache.training import VerifierConfig, _in_validation, train_verifier
+        from shared_scorer.cache.verifier_training import VerifierConfig, _in_validation, train_verifier
         from shared_scorer.scoring.training import auroc
 
         started = time.perf_counter()
@@ -164,3 +165,16 @@ class StackedVerifier(ThresholdedVerifier):
         pair = PairVerifier.load(folder / "pair")
         features = FeatureVerifier.load(folder / "features", embedder=embedder)
         return cls(pair, features, weights, threshold=threshold, min_similarity=floor, info=meta.get("info") or {})
+
+
+def load_verifier(folder: str | Path) -> Any:
+    """A :class:`~shared_scorer.cache.features.FeatureVerifier`, :class:`StackedVerifier` or
+    :class:`~shared_scorer.cache.verifier.PairVerifier`, by the format named in its ``verifier.json``."""
+    path = Path(folder) / "verifier.json"
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: missing or unreadable ({exc})") from None
+    if kind == FORMAT:
+        return StackedVerifier.load(folder)
+    return FeatureVerifier.load(folder) if kind == FEATURES_FORMAT else PairVerifier.load(folder)

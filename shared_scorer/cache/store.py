@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from shared_scorer.hooks import CallContext
+from shared_scorer.context import CallContext
 
 
 def scope_key(tenant: str, user: str, fingerprint: str) -> str:

@@ -158,10 +158,10 @@ class PairVerifier(ThresholdedVerifier):
     """A DistilBERT pair classifier: P(same question) for (cached, incoming), calibrated, with a cosine floor
     ``min_similarity`` and a probability ``threshold`` chosen for a target wrong-hit share.
 
-    Train it with :func:`shared_scorer.cache.training.train_verifier` (``frugal train-cache-verifier``); save
+    Train it with :func:`shared_scorer.cache.verifier_training.train_verifier` (``frugal train-cache-verifier``); save
     and load as safetensors + JSON.
 
-    >>> from shared_scorer.backbone import load_backbone
+    >>> from shared_scorer.scoring.backbone import load_backbone
     >>> from shared_scorer.scoring.training import Calibrator
     >>> b = load_backbone("tiny-random")
     >>> v = PairVerifier(b.model, b.tokenizer, Calibrator("none", {}), threshold=0.0, min_similarity=0.5)
@@ -226,7 +226,7 @@ class PairVerifier(ThresholdedVerifier):
         the SHA-256 of every file in ``verifier.json``."""
         from safetensors.torch import save_file
 
-        from shared_scorer.backbone import file_sha256
+        from shared_scorer.scoring.backbone import file_sha256
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -254,7 +254,7 @@ class PairVerifier(ThresholdedVerifier):
         ``verifier.json``), mistyped or outside the folder is a :class:`CheckpointError`."""
         from transformers import DistilBertForSequenceClassification
 
-        from shared_scorer.backbone import (
+        from shared_scorer.scoring.backbone import (
             checkpoint_file,
             distilbert_config,
             load_tokenizer,

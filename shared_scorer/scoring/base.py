@@ -41,6 +41,15 @@ class Scorer(Protocol):
         ...
 
 
+@runtime_checkable
+class AsyncScorer(Protocol):
+    """A scorer that can score on the event loop (the cascade's async drivers await it when present)."""
+
+    async def ascore(self, request: ScoreRequest) -> float:
+        """The score of one answer, awaited."""
+        ...
+
+
 class FunctionScorer:
     """A scorer made from a user's function.
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from shared_scorer.data import Record
 from shared_scorer.errors import DataError, ScorerError
+from shared_scorer.fitting.data import Record
 from shared_scorer.scoring.base import ScoreRequest
 
 
@@ -30,7 +30,7 @@ def pair_features(embedder: Any, queries: Sequence[str], answers: Sequence[str])
 class EmbeddingLogRegScorer:
     """Per-model logistic regression on frozen MiniLM pair embeddings (the baseline scorer).
 
-    >>> from shared_scorer.data import Record
+    >>> from shared_scorer.fitting.data import Record
     >>> rows = [Record(f"q{i}", f"question {i}?", "m", "yes" if i % 2 else "I don't know", float(i % 2), 0.0)
     ...         for i in range(10)]
     >>> baseline = EmbeddingLogRegScorer().fit(rows)

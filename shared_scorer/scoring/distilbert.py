@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -26,108 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from shared_scorer.data import Record, fingerprint
 from shared_scorer.errors import CheckpointError, ConfigurationError, ScorerError
+from shared_scorer.fitting.data import Record, fingerprint
 from shared_scorer.scoring.base import ScoreRequest
+from shared_scorer.scoring.encoding import SHARED, PairEncoder, predict_logits
 from shared_scorer.scoring.signals import Stacker, answer_signals, fit_stacker
 from shared_scorer.scoring.training import Calibrator, TrainConfig, TrainResult, config_json, train_nets
 
-SHARED = ""
-"""Key of the single network (and pooled calibrator) of the shared, model-aware variant."""
 FORMAT = "frugal-cascade/distilbert-scorer"
 FORMAT_VERSION = 1
 META_FILE = "scorer.json"
-
-
-def head_tail(ids: list[int], budget: int, head_fraction: float = 0.5) -> list[int]:
-    """Keep the first and last tokens of ``ids`` so that at most ``budget`` remain."""
-    if len(ids) <= budget:
-        return ids
-    if budget <= 0:
-        return []
-    head = math.ceil(budget * head_fraction)
-    tail = budget - head
-    return ids[:head] + (ids[len(ids) - tail :] if tail else [])
-
-
-class PairEncoder:
-    """Turns (query context, answer) into token ids of at most ``max_length``, question first.
-
-    The question keeps all its tokens unless it would leave the answer less than half the room; the answer
-    then keeps its first and last tokens.
-    """
-
-    def __init__(self, tokenizer: Any, max_length: int, model_aware: bool, head_fraction: float = 0.5) -> None:
-        if max_length < 16:
-            raise ConfigurationError(f"max_length must be >= 16, got {max_length}")
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.model_aware = model_aware
-        self.head_fraction = head_fraction
-        self._char_cap = 12 * max_length
-
-    def context(self, query: str, model: str) -> str:
-        return f"{model} | {query}" if self.model_aware and model else query
-
-    def _clip_chars(self, text: str) -> str:
-        cap = self._char_cap
-        return text if len(text) <= 2 * cap else text[:cap] + " " + text[-cap:]
-
-    def encode_pairs(self, contexts: Sequence[str], answers: Sequence[str]) -> list[list[int]]:
-        tok = self.tokenizer
-        if not contexts:
-            return []
-        cls, sep = tok.cls_token_id, tok.sep_token_id
-        q_ids = tok([self._clip_chars(c) for c in contexts], add_special_tokens=False, verbose=False)["input_ids"]
-        a_ids = tok([self._clip_chars(a) for a in answers], add_special_tokens=False, verbose=False)["input_ids"]
-        room = self.max_length - 3
-        out = []
-        for q, a in zip(q_ids, a_ids, strict=True):
-            q = head_tail(q, room - min(len(a), room // 2), self.head_fraction)
-            a = head_tail(a, room - len(q), self.head_fraction)
-            out.append([cls, *q, sep, *a, sep])
-        return out
-
-    def encode_records(self, records: Sequence[Record]) -> list[list[int]]:
-        return self.encode_pairs([self.context(r.query, r.model) for r in records], [r.answer for r in records])
-
-    def encode_requests(self, requests: Sequence[ScoreRequest]) -> list[list[int]]:
-        return self.encode_pairs([self.context(r.query, r.model) for r in requests], [r.answer for r in requests])
-
-    def collate(self, batch: Sequence[list[int]]) -> dict[str, Any]:
-        import torch
-
-        width = max(len(ids) for ids in batch)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, ids in enumerate(batch):
-            input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[i, : len(ids)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
-
-
-def predict_logits(
-    net: Any, encoder: PairEncoder, rows: Sequence[Record] | Sequence[ScoreRequest], batch_size: int
-) -> np.ndarray:
-    """Raw logits for rows or requests, batched by similar length, under ``torch.inference_mode``."""
-    import torch
-
-    if not rows:
-        return np.zeros(0)
-    is_records = isinstance(rows[0], Record)
-    encoded = encoder.encode_records(rows) if is_records else encoder.encode_requests(rows)  # type: ignore[arg-type]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    out = np.empty(len(encoded))
-    was_training = net.training
-    net.eval()
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            logits = net(**encoder.collate([encoded[i] for i in index])).logits[:, 0]
-            out[index] = logits.float().numpy()
-    net.train(was_training)
-    return out
 
 
 class DistilBertScorer:
@@ -137,7 +44,7 @@ class DistilBertScorer:
     answer is correct. ``num_threads`` caps torch's CPU threads during scoring; ``quantize=True`` (or
     :meth:`quantized`) applies dynamic int8 quantisation to the linear layers.
 
-    >>> from shared_scorer.data import Record
+    >>> from shared_scorer.fitting.data import Record
     >>> rows = [Record(f"q{i}", f"question {i}?", "m", "yes" if i % 2 else "I don't know", float(i % 2), 0.0)
     ...         for i in range(12)]
     >>> scorer = DistilBertScorer.train(rows, backbone="tiny-random", epochs=1, progress=False)
@@ -191,7 +98,7 @@ class DistilBertScorer:
                 raise ConfigurationError(f"unknown training option {name!r}")
             setattr(config, name, value)
         result: TrainResult = train_nets(records, config)
-        from shared_scorer.backbone import resolve_backbone
+        from shared_scorer.scoring.backbone import resolve_backbone
 
         info = {
             "backbone": resolve_backbone(config.backbone)[0] if config.backbone else None,
@@ -372,7 +279,7 @@ class DistilBertScorer:
         """Load a checkpoint folder; anything missing, corrupt or mismatched is a :class:`CheckpointError`."""
         from transformers import DistilBertForSequenceClassification
 
-        from shared_scorer.backbone import (
+        from shared_scorer.scoring.backbone import (
             checkpoint_file,
             distilbert_config,
             load_tokenizer,
@@ -458,7 +365,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 def _sha256(path: Path) -> str:
-    from shared_scorer.backbone import file_sha256
+    from shared_scorer.scoring.backbone import file_sha256
 
     return file_sha256(path)
 
@@ -473,7 +380,7 @@ def _library_version() -> str:
 
 
 def _tokenizer_of(config: TrainConfig) -> Any:
-    from shared_scorer.backbone import load_tokenizer, minilm_path, resolve_backbone
+    from shared_scorer.scoring.backbone import load_tokenizer, minilm_path, resolve_backbone
 
     _, folder = resolve_backbone(config.backbone)
     return load_tokenizer(folder if folder is not None else minilm_path())

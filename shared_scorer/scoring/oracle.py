@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from shared_scorer.data import Record
 from shared_scorer.errors import ScorerError
+from shared_scorer.fitting.data import Record
 from shared_scorer.scoring.base import ScoreRequest
 
 
 class OracleScorer:
     """Scores an answer 1.0 if the recorded label of (query, model) says correct, else 0.0.
 
-    >>> from shared_scorer.data import Record
+    >>> from shared_scorer.fitting.data import Record
     >>> oracle = OracleScorer([Record("q1", "2+2?", "m", "4", 1.0, 0.0)])
     >>> oracle.score(ScoreRequest("2+2?", "4", model="m"))
     1.0

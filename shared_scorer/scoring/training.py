@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from shared_scorer.data import Record
 from shared_scorer.errors import ConfigurationError, DataError
+from shared_scorer.fitting.data import Record
+from shared_scorer.scoring.encoding import SHARED, PairEncoder, predict_logits
 
 CALIBRATIONS = ("isotonic", "platt", "temperature", "none")
 
@@ -224,9 +225,8 @@ def train_nets(records: Sequence[Record], config: TrainConfig) -> TrainResult:
     """Fine-tune the scorer network(s) on recorded rows and calibrate them on the validation split."""
     import torch
 
-    from shared_scorer.backbone import load_backbone
     from shared_scorer.embeddings import torch_threads
-    from shared_scorer.scoring.distilbert import SHARED, PairEncoder, predict_logits
+    from shared_scorer.scoring.backbone import load_backbone
 
     config.check()
     all_models = list(dict.fromkeys(r.model for r in records))
@@ -285,8 +285,6 @@ def _fit_one(
 ) -> Any:
     import torch
     from tqdm.auto import tqdm
-
-    from shared_scorer.scoring.distilbert import predict_logits
 
     if not train_rows:
         raise DataError(f"no training rows for {label!r}")

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 from shared_scorer import TokenPrice
 from shared_scorer.budget import Budget, LedgerCostTracker, Limit, MemoryLedger
 from shared_scorer.cache import AnswerCache, HashingEmbedder
-from shared_scorer.hooks import Scope
-from shared_scorer.replay.testing import make_record
+from shared_scorer.context import Scope
+from shared_scorer.server.testing import make_record
 
 SMALL, BIG = "paths-small", "paths-big"
 PRICES = {SMALL: ("0.5", "1.5"), BIG: ("5", "15")}

@@ -147,8 +147,7 @@ def test_unknown_constructor_arguments_are_named(adapter):
 
 
 def _strategy(tmp_path: Any, chain: tuple[str, ...]) -> Any:
-    from shared_scorer.optimize import Frontier, FrontierPoint
-    from shared_scorer.strategy import Strategy
+    from shared_scorer.strategy import Frontier, FrontierPoint, Strategy
 
     point = FrontierPoint(chain, (0.5,) * (len(chain) - 1), accuracy=0.9, cost=0.01, reach=(1.0,) * len(chain))
     return Strategy.from_frontier(Frontier([point]), scorer="scorer", data_fingerprint="f" * 64)
@@ -175,7 +174,7 @@ class RecordingBudget:
         self.reserved: list[tuple[int | None, Decimal]] = []
 
     def reserve(self, context: Any, model: str, amount: Decimal) -> Any:
-        from shared_scorer.hooks import Reservation
+        from shared_scorer.protocols import Reservation
 
         self.reserved.append((context.max_output_tokens, amount))
         return Reservation(str(len(self.reserved)), amount, context.scope, model)

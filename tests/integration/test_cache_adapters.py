@@ -16,7 +16,7 @@ from frugal_langchain import FrugalChatModel
 from frugal_llamaindex import FrugalLLM
 from shared_scorer import TokenPrice
 from shared_scorer.cache import AnswerCache, HashingEmbedder
-from shared_scorer.replay.testing import make_record, replay_server
+from shared_scorer.server.testing import make_record, replay_server
 
 SMALL, BIG = "replay-small", "replay-big"
 PRICES = {SMALL: ("0.5", "1.5"), BIG: ("5", "15")}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from shared_scorer.cache import AnswerCache, ChromaStore, HashingEmbedder
-from shared_scorer.hooks import CallContext, Scope
+from shared_scorer.context import CallContext, Scope
 from tests.conftest import require
 
 

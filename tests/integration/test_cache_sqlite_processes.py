@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from shared_scorer.cache import AnswerCache, HashingEmbedder
-from shared_scorer.hooks import CallContext, Scope
+from shared_scorer.context import CallContext, Scope
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ WRITER = textwrap.dedent(
     import sys, time
     from decimal import Decimal
     from shared_scorer.cache import AnswerCache, HashingEmbedder
-    from shared_scorer.hooks import CallContext, Scope
+    from shared_scorer.context import CallContext, Scope
 
     path, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     ctx = CallContext(Scope("acme", "ann"), "fp")

@@ -35,7 +35,7 @@ from pydantic import Field
 
 from frugal_langchain import FrugalChatModel
 from frugal_llamaindex import FrugalLLM
-from shared_scorer.replay.testing import replay_server
+from shared_scorer.server.testing import replay_server
 from tests.conftest import require
 from tests.integration._paths import (
     A1,

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from shared_scorer.collect import collect, collect_async, load_providers, load_queries
-from shared_scorer.data import load_records
 from shared_scorer.errors import ConfigurationError, DataError
-from shared_scorer.metrics import normalized_containment
-from shared_scorer.replay.testing import make_record, replay_server
+from shared_scorer.fitting.collect import collect, collect_async, load_providers, load_queries
+from shared_scorer.fitting.data import load_records
+from shared_scorer.fitting.grading import normalized_containment
+from shared_scorer.server.testing import make_record, replay_server
 
 SMALL, BIG = "replay-small", "replay-big"
 QUESTIONS = [(f"What is {i} + {i}?", str(2 * i)) for i in range(6)]

@@ -11,13 +11,13 @@ import pytest
 from langchain_openai import ChatOpenAI
 
 from frugal_langchain import FrugalChatModel
-from shared_scorer.crossfit import TopLayerConfig
-from shared_scorer.data import Record
 from shared_scorer.errors import CheckpointError, ConfigurationError
-from shared_scorer.fit import FitConfig, fit
-from shared_scorer.optimize import evaluate_chain
-from shared_scorer.replay.testing import replay_server
+from shared_scorer.fitting.crossfit import TopLayerConfig
+from shared_scorer.fitting.data import Record
+from shared_scorer.fitting.fit import FitConfig, fit
+from shared_scorer.fitting.search import evaluate_chain
 from shared_scorer.scoring.training import TrainConfig
+from shared_scorer.server.testing import replay_server
 from shared_scorer.strategy import Strategy
 
 MODELS = {"cheap": 0.001, "mid": 0.004, "big": 0.05}
@@ -164,7 +164,7 @@ def test_a_capped_chain_entry_sets_max_tokens_and_escalates_cut_replies(fitted: 
 
 
 def test_bench_searches_output_caps_and_reports_provider_models_as_singles(tmp_path: Path) -> None:
-    from shared_scorer.bench import bench
+    from shared_scorer.fitting.bench import bench
 
     def rows(prefix: str) -> list[Record]:
         out = []

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ValidationError
 
 from frugal_langchain import FrugalChatModel
 from shared_scorer import CascadeError, ConfigurationError, TokenPrice, UnknownPriceError
-from shared_scorer.data import Record, load_records
-from shared_scorer.replay.testing import make_record, replay_server
+from shared_scorer.fitting.data import Record, load_records
+from shared_scorer.server.testing import make_record, replay_server
 from shared_scorer.tokens import estimate_prompt_tokens
 
 SMALL, BIG = "replay-small", "replay-big"

@@ -14,7 +14,7 @@ import pytest
 from shared_scorer import Cascade, StageOutput
 from shared_scorer.budget import Budget, BudgetExceeded, Charge, Denial, LedgerCostTracker, LedgerError, Limit
 from shared_scorer.budget.redis_server import redis_server, redis_server_binary
-from shared_scorer.hooks import CallContext, Scope
+from shared_scorer.context import CallContext, Scope
 from tests.conftest import require
 from tests.unit.test_budget import contract_check_and_hold, contract_records_round_trip
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from shared_scorer.budget import Budget, BudgetExceeded, Charge, Limit, SQLiteLedger, open_ledger
+from shared_scorer.context import CallContext, Scope
 from shared_scorer.errors import ConfigurationError
-from shared_scorer.hooks import CallContext, Scope
 
 LIMIT_NANO = 10_000
 AMOUNT = 37

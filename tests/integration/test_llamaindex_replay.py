@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from frugal_llamaindex import FrugalLLM
 from shared_scorer import CascadeError, ConfigurationError, TokenPrice, UnknownPriceError
-from shared_scorer.replay.testing import make_record, replay_server
+from shared_scorer.server.testing import make_record, replay_server
 
 SMALL, BIG = "replay-small", "replay-big"
 PRICES = {SMALL: ("0.5", "1.5"), BIG: ("5", "15")}

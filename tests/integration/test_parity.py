@@ -11,8 +11,8 @@ from llama_index.llms.openai_like import OpenAILike
 
 from frugal_langchain import FrugalChatModel
 from frugal_llamaindex import FrugalLLM
-from shared_scorer.data import load_records
-from shared_scorer.replay.testing import replay_server
+from shared_scorer.fitting.data import load_records
+from shared_scorer.server.testing import replay_server
 
 CHAIN = ["MiniMax-M2.5", "gemini-3-flash-preview", "gemini-3.1-pro-preview"]
 

@@ -19,9 +19,9 @@ import pytest
 from shared_scorer import TokenPrice
 from shared_scorer.budget import Budget, LedgerCostTracker, LedgerError, Limit, MemoryLedger
 from shared_scorer.budget.redis_server import free_port
-from shared_scorer.hooks import Scope
-from shared_scorer.replay import ReplayServer
-from shared_scorer.replay.testing import make_record, replay_server
+from shared_scorer.context import Scope
+from shared_scorer.server.replay import ReplayServer
+from shared_scorer.server.testing import make_record, replay_server
 from tests.conftest import require
 
 SMALL, BIG = "serve-small", "serve-big"
@@ -233,8 +233,7 @@ def test_strategy_caps_are_kept_and_max_tokens_caps_only_the_uncapped_stages():
 
 
 def strategy() -> Any:
-    from shared_scorer.optimize import Frontier, FrontierPoint
-    from shared_scorer.strategy import Strategy
+    from shared_scorer.strategy import Frontier, FrontierPoint, Strategy
 
     point = FrontierPoint((SMALL, f"{BIG}@40"), (0.5,), accuracy=0.9, cost=0.001, reach=(1.0, 0.5))
     return Strategy.from_frontier(Frontier([point]), scorer="scorer", data_fingerprint="f" * 64)

@@ -17,8 +17,8 @@ from frugal_langchain import FrugalChatModel
 from frugal_llamaindex import FrugalLLM
 from shared_scorer import TokenPrice
 from shared_scorer.budget import Budget, Limit, MemoryLedger
-from shared_scorer.hooks import Scope
-from shared_scorer.replay.testing import make_record, replay_server
+from shared_scorer.context import Scope
+from shared_scorer.server.testing import make_record, replay_server
 from shared_scorer.tokens import estimate_prompt_tokens, estimate_tokens
 
 SMALL, BIG = "replay-small", "replay-big"

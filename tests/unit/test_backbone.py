@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from shared_scorer.backbone import (
+from shared_scorer.errors import CheckpointError
+from shared_scorer.scoring.backbone import (
     OFFLINE_BACKBONE,
     TINY_BACKBONE,
     bert_to_distilbert_state,
@@ -17,7 +18,6 @@ from shared_scorer.backbone import (
     read_safetensors,
     resolve_backbone,
 )
-from shared_scorer.errors import CheckpointError
 
 SAMPLES = [
     "Who received the IEEE Frank Rosenblatt Award in 2010?",

@@ -28,7 +28,7 @@ from shared_scorer.budget import (
     usd_text,
 )
 from shared_scorer.budget.ledger import Ledger, SpendRecord
-from shared_scorer.hooks import CallContext, Scope
+from shared_scorer.context import CallContext, Scope
 
 PRICES = {"small": (1, 2), "big": (10, 20)}
 ACME_ANN = CallContext(Scope("acme", "ann"), "fp", input_tokens_bound=200, max_output_tokens=50)
@@ -296,8 +296,8 @@ def test_failed_stage_settles_to_zero_and_async_path_uses_the_ledger(tmp_path):
 
 def test_cache_hits_and_failures_are_recorded():
     from shared_scorer.budget import records_of
-    from shared_scorer.hooks import CacheHit
     from shared_scorer.outcome import Attempt, CascadeResult
+    from shared_scorer.protocols import CacheHit
 
     hit = CascadeResult(
         output=StageOutput("x"),

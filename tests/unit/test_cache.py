@@ -23,8 +23,8 @@ from shared_scorer.cache import (
 )
 from shared_scorer.cache.pairs import Pair, hit_figures
 from shared_scorer.cache.verifier import choose_operating_point
+from shared_scorer.context import CallContext, Scope, build_context
 from shared_scorer.errors import ConfigurationError, DataError
-from shared_scorer.hooks import CallContext, Scope, build_context
 
 ANN = CallContext(Scope("acme", "ann"), "fp")
 COST = Decimal("0.0042")

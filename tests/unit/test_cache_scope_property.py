@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared_scorer.cache import AnswerCache, HashingEmbedder, normalise_query
-from shared_scorer.hooks import CallContext, Scope
+from shared_scorer.context import CallContext, Scope
 
 NAMES = ["acme", "Acme", "acme ", "ann", "bob", "a|b", "a", "b", '"', ""]
 FINGERPRINTS = ["", "fp1", "fp2"]

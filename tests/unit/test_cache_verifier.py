@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shared_scorer.cache import HashingEmbedder, Pair, PairVerifier
-from shared_scorer.cache.training import VerifierConfig, train_verifier
+from shared_scorer.cache.verifier_training import VerifierConfig, train_verifier
 from shared_scorer.cli import main
 from shared_scorer.errors import CheckpointError
 
@@ -148,7 +148,7 @@ def test_feature_verifier_trains_saves_loads_and_serves_through_a_cache(tmp_path
     from decimal import Decimal
 
     from shared_scorer.cache import AnswerCache, FeatureVerifier
-    from shared_scorer.hooks import CallContext, Scope
+    from shared_scorer.context import CallContext, Scope
 
     verifier, report = FeatureVerifier.train(pairs(400), embedder=HashingEmbedder(), hidden=(16,))
     assert report["fit_pairs"] + report["val_pairs"] == 400 and report["val_auroc"] > 0.7
@@ -199,6 +199,6 @@ def test_stacked_verifier_combines_both_parts_and_round_trips(trained, tmp_path)
 
 
 def _val(pair: Pair) -> bool:
-    from shared_scorer.cache.training import _in_validation
+    from shared_scorer.cache.verifier_training import _in_validation
 
     return _in_validation(pair, 0.15)

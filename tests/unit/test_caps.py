@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared_scorer.caps import add_capped_columns, auto_caps, capped_name, choose_caps, split_cap
-from shared_scorer.data import Record
 from shared_scorer.errors import ConfigurationError
-from shared_scorer.optimize import Table, evaluate_chain
+from shared_scorer.fitting.columns import add_capped_columns, auto_caps, choose_caps
+from shared_scorer.fitting.data import Record
+from shared_scorer.fitting.search import Table, evaluate_chain
+from shared_scorer.strategy import capped_name, split_cap
 
 
 def rows() -> list[Record]:

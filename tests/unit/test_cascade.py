@@ -15,7 +15,7 @@ from shared_scorer import (
     StageOutput,
     UnknownPriceError,
 )
-from shared_scorer.cascade import ToolCall
+from shared_scorer.outcome import ToolCall
 from shared_scorer.scoring.base import ScoreRequest
 
 PRICES = {"small": (1, 2), "mid": (3, 6), "big": (10, 20)}

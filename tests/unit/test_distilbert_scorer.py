@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from shared_scorer.data import Record, fingerprint
+from shared_scorer.cli.learn import add_train_scorer_parser
 from shared_scorer.errors import CheckpointError, ScorerError
+from shared_scorer.fitting.data import Record, fingerprint
 from shared_scorer.scoring import DistilBertScorer, Scorer, ScoreRequest
-from shared_scorer.scoring.cli import add_train_scorer_parser
-from shared_scorer.scoring.distilbert import PairEncoder, head_tail
+from shared_scorer.scoring.encoding import PairEncoder, head_tail
 from shared_scorer.scoring.training import (
     Calibrator,
     TrainConfig,
@@ -164,7 +164,7 @@ def test_config_with_wrong_types_names_file_and_field(
     ],
 )
 def test_backbone_config_with_wrong_types_names_file_and_field(tmp_path, change: dict, message: str) -> None:
-    from shared_scorer.backbone import load_backbone, minilm_path
+    from shared_scorer.scoring.backbone import load_backbone, minilm_path
 
     config = json.loads((minilm_path() / "config.json").read_text())  # a BERT config
     (tmp_path / "config.json").write_text(json.dumps({**config, **change}))

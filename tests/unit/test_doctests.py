@@ -9,13 +9,19 @@ import pytest
 
 MODULES = [
     "shared_scorer.cascade",
+    "shared_scorer.context",
     "shared_scorer.costs",
+    "shared_scorer.limits",
+    "shared_scorer.streaming",
+    "shared_scorer.strategy",
+    "shared_scorer.tracking",
     "shared_scorer.tools",
     "shared_scorer.scoring.base",
     "shared_scorer.scoring.oracle",
     "shared_scorer.scoring.signals",
     "shared_scorer.budget",
     "shared_scorer.budget.tracker",
+    "shared_scorer.budget.urls",
 ]
 
 

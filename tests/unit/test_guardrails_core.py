@@ -13,11 +13,13 @@ from types import SimpleNamespace
 import pytest
 
 from shared_scorer import Cascade, CascadeError, ConfigurationError, StageOutput
+from shared_scorer.adapters.assemble import cascade_for
 from shared_scorer.budget import Budget, Limit, MemoryLedger
-from shared_scorer.cascade import cascade_for, max_output_tokens_of
-from shared_scorer.costs import CostTracker
+from shared_scorer.context import CallContext, Scope, build_context
 from shared_scorer.errors import BudgetExceeded, FrugalError, LedgerError, StageFailure
-from shared_scorer.hooks import CallContext, Reservation, Scope, build_context
+from shared_scorer.limits import max_output_tokens_of
+from shared_scorer.protocols import Reservation
+from shared_scorer.tracking import CostTracker
 
 PRICES = {"small": (1, 2), "big": (10, 20)}
 ACME = Scope("acme", "ann")
@@ -377,7 +379,7 @@ def test_tiny_amounts_are_written_without_exponents():
 
 
 def test_cache_hit_money_in_the_trail_is_a_string():
-    from shared_scorer.hooks import CacheHit
+    from shared_scorer.protocols import CacheHit
 
     class Hit:
         def lookup(self, query, context):
@@ -438,7 +440,7 @@ def test_budget_exceeded_and_other_errors_survive_pickle():
 def test_budget_errors_live_in_the_one_tree_and_old_imports_still_work():
     import shared_scorer
     import shared_scorer.errors as errors
-    from shared_scorer.hooks import BudgetExceeded as FromHooks
+    from shared_scorer.errors import BudgetExceeded as FromHooks
 
     assert FromHooks is BudgetExceeded and issubclass(BudgetExceeded, FrugalError)
     assert shared_scorer.BudgetExceeded is BudgetExceeded and shared_scorer.LedgerError is LedgerError

@@ -8,7 +8,9 @@ from decimal import Decimal
 import pytest
 
 from shared_scorer import Cascade, StageOutput
-from shared_scorer.hooks import BudgetExceeded, CacheHit, CallContext, Reservation, Scope, build_context
+from shared_scorer.context import CallContext, Scope, build_context
+from shared_scorer.errors import BudgetExceeded
+from shared_scorer.protocols import CacheHit, Reservation
 
 PRICES = {"small": (1, 2), "big": (10, 20)}
 

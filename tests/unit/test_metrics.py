@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared_scorer.errors import ConfigurationError
-from shared_scorer.metrics import (
+from shared_scorer.fitting.grading import (
     choice_letter,
     exact_match,
     multiple_choice,
@@ -75,14 +75,14 @@ def test_multiple_choice() -> None:
 def test_resolve_builtin_alias_and_module_function() -> None:
     assert resolve_metric("token_f1") is token_f1
     assert resolve_metric("em") is exact_match
-    metric = resolve_metric("shared_scorer.metrics:exact_match")
+    metric = resolve_metric("shared_scorer.fitting.grading:exact_match")
     assert metric("Paris", "paris") == 1.0
     with pytest.raises(ConfigurationError, match="unknown metric 'nope'"):
         resolve_metric("nope")
     with pytest.raises(ConfigurationError, match="cannot import module 'no_such_module_x'"):
         resolve_metric("no_such_module_x:f")
     with pytest.raises(ConfigurationError, match="has no function 'missing'"):
-        resolve_metric("shared_scorer.metrics:missing")
+        resolve_metric("shared_scorer.fitting.grading:missing")
     bad = resolve_metric("os.path:join")  # returns a string, not a number
     with pytest.raises(ConfigurationError, match="expected a number in"):
         bad("1", "1")

@@ -7,19 +7,19 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
-from shared_scorer.cascade import Cascade, StageOutput
+from shared_scorer.cascade import Cascade
 from shared_scorer.errors import ConfigurationError, DataError
-from shared_scorer.optimize import (
-    Frontier,
-    FrontierPoint,
+from shared_scorer.fitting.frontier import pareto_mask
+from shared_scorer.fitting.search import (
     Table,
     brute_force_points,
     candidate_thresholds,
     evaluate_chain,
-    pareto_mask,
     reference_grid,
     search,
 )
+from shared_scorer.outcome import StageOutput
+from shared_scorer.strategy import Frontier, FrontierPoint
 
 
 def random_table(seed: int, n: int, models: int, levels: int = 6) -> Table:
@@ -172,7 +172,7 @@ def test_candidates_and_bad_tables() -> None:
 
 
 def test_bench_headline_exact_figures() -> None:
-    from shared_scorer.bench import headline
+    from shared_scorer.fitting.bench import headline
 
     best = {"model": "big", "accuracy": 0.70, "cost_per_query": 0.10}
     frontier = [

@@ -21,11 +21,11 @@ import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 
-from shared_scorer.data import Record, iter_records
+from shared_scorer.cli.replay import add_parsers, serve_forever_cli
 from shared_scorer.errors import ConfigurationError
-from shared_scorer.replay import ReplayServer
-from shared_scorer.replay.cli import add_replay_parser, serve_forever_cli
-from shared_scorer.replay.testing import make_record, replay_server
+from shared_scorer.fitting.data import Record, iter_records
+from shared_scorer.server.replay import ReplayServer
+from shared_scorer.server.testing import make_record, replay_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASETS = Path(os.environ.get("FRUGAL_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -429,9 +429,9 @@ def test_from_files_with_scenarios_and_cli_parser(tmp_path: Path) -> None:
     scenarios = tmp_path / "scenarios.json"
     scenarios.write_text(json.dumps({"scenarios": [{"model": "m", "match": "tool", "content": "ok"}]}))
     parser = argparse.ArgumentParser(prog="frugal")
-    add_replay_parser(parser.add_subparsers(dest="command"))
+    add_parsers(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["replay-server", "--data", str(data), "--scenarios", str(scenarios), "--port", "0"])
-    assert args.func is args.run is serve_forever_cli
+    assert args.run is serve_forever_cli  # the one dispatch convention: set_defaults(run=...)
     ready, stop = threading.Event(), threading.Event()
     codes: list[int] = []
     serving = threading.Thread(target=lambda: codes.append(serve_forever_cli(args, ready=ready, stop=stop)))
@@ -454,7 +454,7 @@ def test_module_entry_point_serves_until_interrupted(tmp_path: Path) -> None:
     import signal
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared_scorer.replay", "--data", str(data), "--port", "0"],
+        [sys.executable, "-m", "shared_scorer.server", "--data", str(data), "--port", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -7,10 +7,11 @@ from decimal import Decimal
 
 from shared_scorer import Cascade, StageOutput
 from shared_scorer.budget import LedgerCostTracker, SQLiteLedger
+from shared_scorer.budget.report import build_report, format_table, write_png
 from shared_scorer.cli import main
-from shared_scorer.hooks import CacheHit, Scope
+from shared_scorer.context import Scope
 from shared_scorer.outcome import CascadeResult
-from shared_scorer.report import build_report, format_table, write_png
+from shared_scorer.protocols import CacheHit
 
 PRICES = {"small": (1, 2), "big": (10, 20)}
 DAY = 1778371200.0  # 2026-05-10T00:00:00Z

@@ -84,7 +84,7 @@ def test_cascade_hands_the_scorer_the_billed_output_tokens():
 
 
 def test_scorer_checkpoint_keeps_its_stackers(tmp_path):
-    from shared_scorer.data import Record
+    from shared_scorer.fitting.data import Record
     from shared_scorer.scoring.distilbert import DistilBertScorer
 
     rng = np.random.default_rng(0)

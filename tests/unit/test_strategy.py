@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared_scorer.errors import CheckpointError, ConfigurationError
-from shared_scorer.optimize import Frontier, FrontierPoint
-from shared_scorer.strategy import Strategy
+from shared_scorer.strategy import Frontier, FrontierPoint, Strategy
 
 FRONTIER = Frontier(
     [

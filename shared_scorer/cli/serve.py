@@ -1,0 +1,155 @@
+"""``frugal serve``: a saved strategy behind an OpenAI-compatible ``/v1/chat/completions`` endpoint::
+
+frugal serve --strategy PATH --keys KEYS.json --stages-base-url URL [--ledger URL] [--limit SPEC ...]
+             [--max-tokens N] [--stage-timeout S] [--stage-retries N] [--max-body-bytes N] [--answer-cache SPEC]
+
+The framework-free part is :mod:`shared_scorer.server.gateway`; the LangChain adapter (``frugal_langchain``)
+is imported only when the command runs, naming the extras to install when it is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from shared_scorer.errors import ConfigurationError
+
+_LIMIT = re.compile(r"^(tenant|user|overall)(?::([^=/:]+))?=([0-9]+(?:\.[0-9]+)?)(?:/(hour|day|month|total))?$")
+
+
+def parse_limit(text: str) -> Any:
+    """``tenant=50/day``, ``tenant:acme=100/month``, ``user=5/hour``, ``overall=500`` (no period: total)."""
+    from shared_scorer.budget import Limit
+
+    match = _LIMIT.match(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"bad limit {text!r}: expected SCOPE[:TENANT]=USD[/PERIOD], e.g. tenant=50/day, tenant:acme=100/month, "
+            "overall=500 (SCOPE tenant|user|overall, PERIOD hour|day|month|total)"
+        )
+    scope, tenant, usd, period = match.groups()
+    return Limit(scope, usd, None if period in (None, "total") else period, tenant=tenant)  # type: ignore[arg-type]
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``serve`` on the ``frugal`` command."""
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve a saved strategy as an OpenAI-compatible /v1/chat/completions endpoint",
+        description="Serve a strategy saved by 'frugal fit' over HTTP (OpenAI chat completions, streaming too). "
+        "Each API key in --keys maps to a budget scope; requests without a valid key are refused.",
+    )
+    serve.add_argument("--strategy", required=True, type=Path, help="strategy JSON saved by 'frugal fit'")
+    serve.add_argument("--keys", required=True, type=Path, help='JSON: {"KEY": {"tenant": "acme", "user": "..."}}')
+    serve.add_argument("--stages-base-url", required=True, help="OpenAI-compatible endpoint serving the stage models")
+    serve.add_argument("--stages-api-key-env", default="OPENAI_API_KEY", help="env variable with the stages' API key")
+    serve.add_argument(
+        "--ledger",
+        default="frugal-ledger.db",
+        help="budget ledger: a SQLite file or redis://[:PASSWORD@]HOST:PORT/DB (default: ./frugal-ledger.db)",
+    )
+    serve.add_argument("--limit", type=parse_limit, action="append", default=[], help="e.g. tenant=50/day (repeat)")
+    serve.add_argument("--on-budget", choices=["stop", "raise"], default="stop")
+    serve.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        default=None,
+        help="output cap for stages the strategy leaves uncapped (its model@N caps are kept; default: none)",
+    )
+    serve.add_argument(
+        "--stage-timeout",
+        type=_positive_float,
+        default=60.0,
+        help="seconds a stage call may take before it fails and the query escalates (default: 60)",
+    )
+    serve.add_argument(
+        "--stage-retries",
+        type=int,
+        choices=[0, 1, 2],
+        default=1,
+        help="retries of a failed stage call before the query escalates (default: 1)",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=_positive_int,
+        default=1 << 20,
+        help="largest request body accepted, else 413 (default: 1048576)",
+    )
+    serve.add_argument(
+        "--answer-cache",
+        metavar="PATH_OR_URL",
+        help="answer cache: a SQLite file, or a Chroma server http://HOST:PORT; entries are scoped by key",
+    )
+    serve.add_argument(
+        "--answer-cache-exact",
+        action="store_true",
+        help="answer cache: exact matches only (no embedding model is loaded)",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=_run_serve)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from frugal_langchain import FrugalChatModel
+    except ImportError as exc:
+        raise ConfigurationError(f"frugal serve needs 'frugal-cascade[serve,langchain]': {exc}") from None
+    from frugal_langchain.serve import make_app, openai_stages
+    from shared_scorer.budget import Budget, LedgerCostTracker, open_ledger
+    from shared_scorer.server.gateway import load_keys, open_answer_cache
+    from shared_scorer.strategy import Strategy
+
+    keys = load_keys(args.keys)
+    strategy = Strategy.load(args.strategy)
+    ledger = open_ledger(args.ledger)
+    budget = Budget(ledger, args.limit) if args.limit else None
+    cache = open_answer_cache(args.answer_cache, semantic=not args.answer_cache_exact) if args.answer_cache else None
+    api_key = os.environ.get(args.stages_api_key_env) or "unused"
+    stages = openai_stages(
+        strategy,
+        base_url=args.stages_base_url,
+        api_key=api_key,
+        timeout_s=args.stage_timeout,
+        max_retries=args.stage_retries,
+        max_tokens=args.max_tokens,
+    )
+
+    def factory(budget: Budget | None) -> Any:
+        return FrugalChatModel.from_strategy(
+            strategy,
+            stages,
+            cost_tracker=LedgerCostTracker(ledger),
+            budget=budget,
+            on_budget=args.on_budget,
+            answer_cache=cache,
+        )
+
+    app = make_app(factory, keys, budget, max_body_bytes=args.max_body_bytes)
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0

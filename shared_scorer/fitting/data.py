@@ -1,0 +1,156 @@
+"""Recorded-answer datasets: one JSON Lines row per (query, model), validated field by field.
+
+The schema is the one of ``shared/datasets/README.md``::
+
+    {"query_id": str, "query": str, "system": str?, "model": str, "answer": str,
+     "correct": float in [0, 1], "input_tokens": int?, "output_tokens": int?,
+     "cost_usd": float, "reference": str | null}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared_scorer.errors import DataError
+
+
+@dataclass(frozen=True)
+class Record:
+    """One recorded answer of one model to one query."""
+
+    query_id: str
+    query: str
+    model: str
+    answer: str
+    correct: float
+    cost_usd: float
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    reference: str | None = None
+    system: str | None = None
+
+
+_REQUIRED_STR = ("query_id", "query", "model", "answer")
+
+
+def parse_record(row: object, where: str) -> Record:
+    """Validate one decoded JSON row; ``where`` (``file:line``) is named in every error."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for name in _REQUIRED_STR:
+        if not isinstance(row.get(name), str):
+            raise DataError(f"{where}: field {name!r} must be a string, got {row.get(name)!r:.80}")
+    correct = _number(row, "correct", where)
+    if not 0.0 <= correct <= 1.0:
+        raise DataError(f"{where}: field 'correct' must be in [0, 1], got {correct!r}")
+    cost = _number(row, "cost_usd", where)
+    if cost < 0:
+        raise DataError(f"{where}: field 'cost_usd' must be >= 0, got {cost!r}")
+    tokens = {}
+    for name in ("input_tokens", "output_tokens"):
+        value = row.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise DataError(f"{where}: field {name!r} must be a non-negative integer or absent, got {value!r}")
+        tokens[name] = value
+    for name in ("reference", "system"):
+        value = row.get(name)
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"{where}: field {name!r} must be a string or null, got {value!r:.80}")
+    return Record(
+        query_id=row["query_id"],
+        query=row["query"],
+        model=row["model"],
+        answer=row["answer"],
+        correct=correct,
+        cost_usd=cost,
+        input_tokens=tokens["input_tokens"],
+        output_tokens=tokens["output_tokens"],
+        reference=row.get("reference"),
+        system=row.get("system"),
+    )
+
+
+def _number(row: dict[str, object], name: str, where: str) -> float:
+    value = row.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DataError(f"{where}: field {name!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def iter_json_lines(path: str | Path, what: str = "dataset") -> Iterator[tuple[str, Any]]:
+    """Yield ``(file:line, decoded JSON)`` for each non-blank line; a missing file or a line that is not
+    JSON is a :class:`DataError` naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such {what} file")
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            line = decode_line(raw, where)
+            if not line.strip():
+                continue
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def decode_line(raw: bytes, where: str) -> str:
+    """One line of a JSON Lines file as text; bytes that are not UTF-8 are a :class:`DataError` naming
+    ``where`` (``file:line``), the byte and its column.
+
+    >>> decode_line(b"caf\\xc3\\xa9", "x.jsonl:1")
+    'café'
+    >>> decode_line(b"caf\\xe9", "x.jsonl:2")
+    Traceback (most recent call last):
+    ...
+    shared_scorer.errors.DataError: x.jsonl:2: not UTF-8 text (byte 0xe9 at column 4)
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+
+
+def iter_records(path: str | Path) -> Iterator[Record]:
+    """Yield the rows of a recorded JSON Lines file, failing on the first bad line with file:line."""
+    for where, row in iter_json_lines(path):
+        yield parse_record(row, where)
+
+
+def load_records(path: str | Path) -> list[Record]:
+    """Read a whole recorded file; duplicate (query_id, model) rows are an error."""
+    records = list(iter_records(path))
+    seen: set[tuple[str, str]] = set()
+    for record in records:
+        key = (record.query_id, record.model)
+        if key in seen:
+            raise DataError(f"{path}: query {record.query_id!r} has two rows for model {record.model!r}")
+        seen.add(key)
+    return records
+
+
+def models_of(records: Iterable[Record]) -> list[str]:
+    """The models present, in first-seen order."""
+    return list(dict.fromkeys(r.model for r in records))
+
+
+def fingerprint(records: Iterable[Record]) -> str:
+    """A stable SHA-256 of the rows' content (order-independent), to tie artefacts to their data."""
+    digests = sorted(
+        hashlib.sha256(
+            json.dumps([r.query_id, r.model, r.query, r.answer, r.correct], ensure_ascii=False).encode()
+        ).hexdigest()
+        for r in records
+    )
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
