@@ -9,12 +9,9 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 from shared_scorer.server.wire import error_body
-
-if TYPE_CHECKING:
-    from shared_scorer.server.replay import ReplayServer
 
 _DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
 
@@ -37,13 +34,21 @@ class Response:
         return cls.json(status, error_body(message, type_, code))
 
 
+class Router(Protocol):
+    """What answers the requests (the :class:`~shared_scorer.server.replay.ReplayServer`)."""
+
+    def route(self, method: str, target: str, body: object) -> Response:
+        """Answer one HTTP request (``body`` is the decoded JSON body, or None)."""
+        ...
+
+
 class HTTPServer(ThreadingHTTPServer):
     """One thread per connection; it keeps track of open connections to close them on stop."""
 
     daemon_threads = True
     request_queue_size = 128  # benchmarks open many connections at once
 
-    def __init__(self, address: tuple[str, int], replay: ReplayServer) -> None:
+    def __init__(self, address: tuple[str, int], replay: Router) -> None:
         self.replay = replay
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()

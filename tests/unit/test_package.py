@@ -43,6 +43,21 @@ def test_langchain_adapter_does_not_import_torch():
     assert out == "False False"
 
 
+@pytest.mark.parametrize(
+    ("module", "numpy_too"),
+    [("frugal_langchain", True), ("shared_scorer.strategy", True), ("frugal_llamaindex", False)],
+)
+def test_the_request_path_loads_no_fitting_code(module, numpy_too):
+    """Building a cascade from a strategy needs no offline fitting code, nor numpy (LlamaIndex itself
+    imports numpy, so only the fitting code is checked there)."""
+    code = (
+        f"import sys, {module}\n"
+        "print(sorted(m for m in sys.modules if m == 'numpy' or m.startswith('shared_scorer.fitting')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ("[]" if numpy_too else "['numpy']"), f"{module} imported {out}"
+
+
 @pytest.mark.parametrize("package", [shared_scorer, frugal_langchain])
 def test_all_is_sorted_and_every_name_exists(package):
     assert package.__all__ == sorted(package.__all__)
