@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from shared_scorer.errors import DataError
-from shared_scorer.fitting.data import iter_json_lines
+from shared_scorer.jsonl import iter_json_lines
 
 
 @dataclass(frozen=True)

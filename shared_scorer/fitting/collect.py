@@ -36,8 +36,9 @@ import numpy as np
 
 from shared_scorer.costs import Price, as_price, resolve_price
 from shared_scorer.errors import ConfigurationError, DataError
-from shared_scorer.fitting.data import decode_line, iter_json_lines, parse_record
+from shared_scorer.fitting.data import parse_record
 from shared_scorer.fitting.grading import Metric
+from shared_scorer.jsonl import decode_line, iter_json_lines
 
 
 @dataclass

@@ -15,9 +15,9 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from shared_scorer.errors import DataError
+from shared_scorer.jsonl import iter_json_lines
 
 
 @dataclass(frozen=True)
@@ -81,45 +81,6 @@ def _number(row: dict[str, object], name: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise DataError(f"{where}: field {name!r} must be a finite number, got {value!r}")
     return float(value)
-
-
-def iter_json_lines(path: str | Path, what: str = "dataset") -> Iterator[tuple[str, Any]]:
-    """Yield ``(file:line, decoded JSON)`` for each non-blank line; a missing file or a line that is not
-    JSON is a :class:`DataError` naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such {what} file")
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            line = decode_line(raw, where)
-            if not line.strip():
-                continue
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-
-
-def decode_line(raw: bytes, where: str) -> str:
-    """One line of a JSON Lines file as text; bytes that are not UTF-8 are a :class:`DataError` naming
-    ``where`` (``file:line``), the byte and its column.
-
-    >>> decode_line(b"caf\\xc3\\xa9", "x.jsonl:1")
-    'café'
-    >>> decode_line(b"caf\\xe9", "x.jsonl:2")
-    Traceback (most recent call last):
-    ...
-    shared_scorer.errors.DataError: x.jsonl:2: not UTF-8 text (byte 0xe9 at column 4)
-    """
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
 
 
 def iter_records(path: str | Path) -> Iterator[Record]:
