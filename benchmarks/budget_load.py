@@ -174,8 +174,9 @@ def _replica(redis_url: str, replay_url: str, prefix: str, limit_usd: str) -> tu
     from langchain_openai import ChatOpenAI
 
     from frugal_langchain import FrugalChatModel
-    from frugal_langchain.serve import make_app
+    from frugal_langchain.serve import LangChainBackend
     from shared_scorer.budget.redis_server import free_port
+    from shared_scorer.server.gateway import make_app
 
     ledger = RedisLedger(redis_url, prefix=prefix)
     budget = Budget(ledger, limits(limit_usd), reservation_ttl_s=REPLICA_TTL_S)
@@ -190,7 +191,7 @@ def _replica(redis_url: str, replay_url: str, prefix: str, limit_usd: str) -> tu
     )  # fmt: skip
     keys = {key_of(scope_of(n)): scope_of(n) for n in range(len(TENANTS) * USERS)}
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(make_app(lambda b: model, keys, budget), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(make_app(LangChainBackend(model), keys, budget), host="127.0.0.1", port=port,
                                            log_level="error"))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -1,10 +1,12 @@
 """``frugal serve``: a saved strategy behind an OpenAI-compatible ``/v1/chat/completions`` endpoint::
 
-frugal serve --strategy PATH --keys KEYS.json --stages-base-url URL [--ledger URL] [--limit SPEC ...]
-             [--max-tokens N] [--stage-timeout S] [--stage-retries N] [--max-body-bytes N] [--answer-cache SPEC]
+frugal serve --strategy PATH --keys KEYS.json --stages-base-url URL [--framework langchain|llamaindex]
+             [--ledger URL] [--limit SPEC ...] [--max-tokens N] [--stage-timeout S] [--stage-retries N]
+             [--max-body-bytes N] [--answer-cache SPEC]
 
-The framework-free part is :mod:`shared_scorer.server.gateway`; the LangChain adapter (``frugal_langchain``)
-is imported only when the command runs, naming the extras to install when it is missing.
+The framework-free part is :mod:`shared_scorer.server.gateway`; the backend (``frugal_langchain.serve`` or
+``frugal_llamaindex.serve``, by ``--framework``) is imported only when the command runs, naming the extras
+to install when it is missing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from shared_scorer.errors import ConfigurationError
+
+FRAMEWORKS = {"langchain": "frugal_langchain.serve", "llamaindex": "frugal_llamaindex.serve"}
+"""``--framework``: the module whose ``serve_backend(strategy, ...)`` builds the backend."""
 
 _LIMIT = re.compile(r"^(tenant|user|overall)(?::([^=/:]+))?=([0-9]+(?:\.[0-9]+)?)(?:/(hour|day|month|total))?$")
 
@@ -45,6 +50,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
     serve.add_argument("--strategy", required=True, type=Path, help="strategy JSON saved by 'frugal fit'")
     serve.add_argument("--keys", required=True, type=Path, help='JSON: {"KEY": {"tenant": "acme", "user": "..."}}')
     serve.add_argument("--stages-base-url", required=True, help="OpenAI-compatible endpoint serving the stage models")
+    serve.add_argument(
+        "--framework",
+        choices=sorted(FRAMEWORKS),
+        default="langchain",
+        help="the adapter that calls the stages: FrugalChatModel over ChatOpenAI (langchain, the default) or "
+        "FrugalLLM over OpenAILike (llamaindex); the same cascade either way",
+    )
     serve.add_argument("--stages-api-key-env", default="OPENAI_API_KEY", help="env variable with the stages' API key")
     serve.add_argument(
         "--ledger",
@@ -113,16 +125,28 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _run_serve(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
+def load_backend_module(framework: str) -> Any:
+    """The serve module of ``framework`` (see :data:`FRAMEWORKS`), with an error naming the extras to
+    install when it, ``starlette`` or ``uvicorn`` is missing."""
+    import importlib
 
-        from frugal_langchain import FrugalChatModel
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+
+        return importlib.import_module(FRAMEWORKS[framework])
     except ImportError as exc:
-        raise ConfigurationError(f"frugal serve needs 'frugal-cascade[serve,langchain]': {exc}") from None
-    from frugal_langchain.serve import make_app, openai_stages
+        raise ConfigurationError(
+            f"frugal serve --framework {framework} needs 'frugal-cascade[serve,{framework}]': {exc}"
+        ) from None
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    module = load_backend_module(args.framework)
+    import uvicorn
+
     from shared_scorer.budget import Budget, LedgerCostTracker, open_ledger
-    from shared_scorer.server.gateway import load_keys, open_answer_cache
+    from shared_scorer.server.gateway import load_keys, make_app, open_answer_cache
     from shared_scorer.strategy import Strategy
 
     keys = load_keys(args.keys)
@@ -130,26 +154,18 @@ def _run_serve(args: argparse.Namespace) -> int:
     ledger = open_ledger(args.ledger)
     budget = Budget(ledger, args.limit) if args.limit else None
     cache = open_answer_cache(args.answer_cache, semantic=not args.answer_cache_exact) if args.answer_cache else None
-    api_key = os.environ.get(args.stages_api_key_env) or "unused"
-    stages = openai_stages(
+    backend = module.serve_backend(
         strategy,
         base_url=args.stages_base_url,
-        api_key=api_key,
+        api_key=os.environ.get(args.stages_api_key_env) or "unused",
         timeout_s=args.stage_timeout,
         max_retries=args.stage_retries,
         max_tokens=args.max_tokens,
+        cost_tracker=LedgerCostTracker(ledger),
+        budget=budget,
+        on_budget=args.on_budget,
+        answer_cache=cache,
     )
-
-    def factory(budget: Budget | None) -> Any:
-        return FrugalChatModel.from_strategy(
-            strategy,
-            stages,
-            cost_tracker=LedgerCostTracker(ledger),
-            budget=budget,
-            on_budget=args.on_budget,
-            answer_cache=cache,
-        )
-
-    app = make_app(factory, keys, budget, max_body_bytes=args.max_body_bytes)
+    app = make_app(backend, keys, budget, max_body_bytes=args.max_body_bytes)
     uvicorn.run(app, host=args.host, port=args.port)
     return 0

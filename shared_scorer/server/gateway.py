@@ -9,8 +9,10 @@ the ledger all see that scope. Streaming is Server-Sent Events, as OpenAI sends 
 stage, validated against the schema; ``json_object``: a plain answer) reach the cascade. A request's
 ``max_tokens`` only lowers each stage's own output cap. Needs ``starlette`` and ``uvicorn``
 (``frugal-cascade[serve]``), imported only when the server is built. The framework glue (turning a
-request into model calls and the model's answer into a reply) is the adapter's:
-``frugal_langchain.serve``.
+:class:`ChatRequest` into model calls and the model's answer into a :class:`ChatReply`) is a
+:class:`ServeBackend`'s: ``frugal_langchain.serve.LangChainBackend`` or
+``frugal_llamaindex.serve.LlamaIndexBackend``; every reply goes out through the one wire encoder,
+:mod:`shared_scorer.server.wire`.
 
 What a client sees when a request is not answered (OpenAI's error format; ``x-should-retry: false`` where
 a retry would only pay again)::
@@ -33,21 +35,35 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from shared_scorer.context import Scope
 from shared_scorer.errors import BudgetExceeded, CascadeError, ConfigurationError, LedgerError
-from shared_scorer.server.wire import JSON, Reply, error_body, stream_chunks, usage_body
+from shared_scorer.outcome import ToolCall
+from shared_scorer.server.wire import (
+    JSON,
+    Reply,
+    chunk_body,
+    completion_body,
+    error_body,
+    stream_chunks,
+    usage_body,
+)
+from shared_scorer.server.wire import ToolCall as WireToolCall
 
 if TYPE_CHECKING:
+    from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
 
+    from shared_scorer.budget import Budget
     from shared_scorer.cache import AnswerCache
 
 logger = logging.getLogger("frugal.serve")
@@ -120,15 +136,74 @@ class Refused(Exception):
         return error_response(self.status, error_body(str(self), "invalid_request_error", self.code, self.param))
 
 
+@dataclass(frozen=True)
+class ChatRequest:
+    """One validated chat-completions request, framework-free: what a :class:`ServeBackend` answers.
+
+    ``messages`` are OpenAI message dicts (each with a known ``role``); ``tools`` OpenAI function tools.
+    A ``response_format: json_schema`` arrives already as a forced function call in ``tools`` and
+    ``tool_choice`` (the gateway turns its arguments back into the answer); ``response_format`` is kept as
+    sent, for information only. ``max_tokens`` is the smaller of the body's ``max_tokens`` and
+    ``max_completion_tokens``: it only lowers each stage's own output cap.
+    """
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: list[str] | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """A backend's whole answer: text, tool calls, ``(input, output)`` tokens over all stages, the model
+    that answered and the cascade's trail (``CascadeResult.trail()``)."""
+
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    usage: tuple[int, int] = (0, 0)
+    model: str | None = None
+    trail: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One piece of a streamed answer: ``text`` as it arrives (from ``model`` where known); the last event
+    carries the whole ``reply`` (its usage, model and trail; its text is not sent again)."""
+
+    text: str = ""
+    model: str | None = None
+    reply: ChatReply | None = None
+
+
+@runtime_checkable
+class ServeBackend(Protocol):
+    """What ``frugal serve`` needs of a framework: a cascade model answering :class:`ChatRequest` s.
+
+    ``name`` is the model name ``/v1/models`` lists. ``complete`` answers at once; ``stream`` yields
+    :class:`StreamEvent` s, the last one with the ``reply``. Both run the call in ``scope`` (budgets, answer
+    cache and ledger see it), raise the cascade's errors (``BudgetExceeded``, ``CascadeError``,
+    ``LedgerError``; a ``ConfigurationError`` for a request the framework cannot take, a 400) and raise
+    them from ``stream`` before its first event where the cascade does. Implementations:
+    ``frugal_langchain.serve.LangChainBackend`` and ``frugal_llamaindex.serve.LlamaIndexBackend``.
+    """
+
+    name: str
+
+    async def complete(self, request: ChatRequest, scope: Scope) -> ChatReply: ...
+
+    def stream(self, request: ChatRequest, scope: Scope) -> AsyncIterator[StreamEvent]: ...
+
+
 @dataclass
 class ServeCall:
-    """One request, validated: what to send to the cascade and how to answer."""
+    """One request, validated: what to ask the backend, in which scope, and how to answer."""
 
-    messages: list[Any]
-    config: dict[str, Any]
-    options: dict[str, Any] = field(default_factory=dict)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    request: ChatRequest
+    scope: Scope
     schema_name: str | None = None
     """Set for ``response_format: json_schema``: the forced function whose arguments are the answer."""
     stream: bool = False
@@ -178,51 +253,60 @@ def _positive_int(body: Mapping[str, Any], key: str) -> int | None:
     return value
 
 
-def parse_request(body: Any, scope: Scope, convert_messages: Callable[[list[Any]], list[Any]]) -> ServeCall:
-    """Validate a chat-completions body; every problem is a 400 naming the field. ``convert_messages`` turns
-    the body's ``messages`` into the backend's messages (an error it raises is a 400 naming ``messages``)."""
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def parse_request(body: Any, scope: Scope) -> ServeCall:
+    """Validate a chat-completions body; every problem is a 400 naming the field. The call's scope is the
+    key's; a key without a user of its own takes the body's ``user``."""
     if not isinstance(body, dict):
         raise Refused(400, "The request body must be a JSON object.")
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
         raise Refused(400, "'messages' must be a non-empty list of messages.", param="messages")
-    try:
-        messages = convert_messages(raw)
-    except Exception as exc:
-        raise Refused(400, f"'messages' could not be read: {exc}", param="messages") from None
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ROLES:
+            shown = _shown(role) if isinstance(message, dict) else type(message).__name__
+            raise Refused(400, f"'messages' could not be read: message {i} has no known role ({shown}).",
+                           param="messages")  # fmt: skip
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise Refused(400, f"'user' must be a string, got {_shown(user)}.", param="user")
     scope_user = user if scope.user == "default" and user else scope.user
-    call = ServeCall(messages, {"metadata": {"tenant": scope.tenant, "user": scope_user}})
     limits = [v for v in (_positive_int(body, "max_completion_tokens"), _positive_int(body, "max_tokens")) if v]
-    if limits:  # the cascade sends each stage the smaller of this and the stage's own output limit
-        call.options["max_tokens"] = min(limits)
     temperature = body.get("temperature")
     if temperature is not None:
         if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
             raise Refused(400, f"'temperature' must be a number from 0 to 2, got {_shown(temperature)}.",
                            "invalid_value", "temperature")  # fmt: skip
-        call.options["temperature"] = float(temperature)
+        temperature = float(temperature)
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
-    if stop is not None:
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise Refused(400, "'stop' must be a string or a list of strings.", "invalid_value", "stop")
-        if stop:
-            call.options["stop"] = stop
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
+        raise Refused(400, "'stop' must be a string or a list of strings.", "invalid_value", "stop")
     if body.get("n") not in (None, 1):
         raise Refused(400, f"'n' must be 1 (one answer per request), got {_shown(body['n'])}.", "invalid_value", "n")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise Refused(400, f"'stream' must be true or false, got {_shown(stream)}.", "invalid_value", "stream")
-    call.stream = bool(stream)
-    parse_tools(body, call)
-    return call
+    tools, tool_choice, schema_name = parse_tools(body)
+    request = ChatRequest(
+        messages=messages,
+        tools=tools,
+        tool_choice=tool_choice,
+        response_format=body.get("response_format"),
+        max_tokens=min(limits) if limits else None,  # each stage gets the smaller of this and its own cap
+        temperature=temperature,
+        stop=stop or None,
+        user=user,
+    )
+    return ServeCall(request, Scope(scope.tenant, scope_user), schema_name, bool(stream))
 
 
-def parse_tools(body: Mapping[str, Any], call: ServeCall) -> None:
-    """``tools``, ``tool_choice`` and ``response_format`` into ``call``."""
+def parse_tools(body: Mapping[str, Any]) -> tuple[list[dict[str, Any]] | None, Any, str | None]:
+    """``tools``, ``tool_choice`` and ``response_format`` as (tools, tool_choice, schema name): a
+    ``json_schema`` answer becomes a forced call of a function named after the schema."""
     tools = body.get("tools")
     if tools is not None:
         valid = isinstance(tools, list) and all(
@@ -237,30 +321,29 @@ def parse_tools(body: Mapping[str, Any], call: ServeCall) -> None:
     if choice is not None and choice not in ("none", "auto", "required") and not named:
         message = '\'tool_choice\' must be "none", "auto", "required" or {"type": "function", ...}.'
         raise Refused(400, message, "invalid_value", "tool_choice")
-    if tools and choice != "none":
-        call.tools, call.tool_choice = tools, choice
+    if not tools or choice == "none":
+        tools, choice = None, None
     fmt = body.get("response_format")
     if fmt is None:
-        return
+        return tools, choice, None
     kind = fmt.get("type") if isinstance(fmt, dict) else None
     if kind not in ("text", "json_object", "json_schema"):
         raise Refused(400, "'response_format' must be {\"type\": \"text\" | \"json_object\" | \"json_schema\"}.",
                        "invalid_value", "response_format")  # fmt: skip
     if kind != "json_schema":
-        return  # json_object: a plain answer (the scorer judges it like any other)
+        return tools, choice, None  # json_object: a plain answer (the scorer judges it like any other)
     spec = fmt.get("json_schema")
     schema = spec.get("schema", {}) if isinstance(spec, dict) else None
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(schema, dict):
         raise Refused(400, "'response_format.json_schema' needs a string 'name' and an object 'schema'.",
                        "invalid_value", "response_format")  # fmt: skip
-    if call.tools:
+    if tools:
         raise Refused(400, "'response_format' json_schema cannot be combined with 'tools' here.",
                        "invalid_value", "response_format")  # fmt: skip
     function = {"name": spec["name"], "parameters": spec.get("schema") or {"type": "object", "properties": {}}}
     function["description"] = spec.get("description") or f"Give the answer as {spec['name']}."
-    call.tools = [{"type": "function", "function": function}]
-    call.tool_choice = {"type": "function", "function": {"name": spec["name"]}}
-    call.schema_name = spec["name"]
+    forced = {"type": "function", "function": {"name": spec["name"]}}
+    return [{"type": "function", "function": function}], forced, spec["name"]
 
 
 def failure_response(exc: BaseException) -> Response:
@@ -289,6 +372,94 @@ def failure_body(exc: BaseException) -> tuple[int, JSON, dict[str, str]]:
     return 500, error_body(message, "api_error", "internal_error"), {}
 
 
+def make_app(
+    backend: ServeBackend,
+    keys: Mapping[str, Scope | Mapping[str, str] | str],
+    budget: Budget | None = None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> Starlette:
+    """An ASGI app serving ``backend`` to the holders of ``keys`` (each key to its scope).
+
+    ``budget`` is the one the backend's model was built with, kept as ``app.state.budget``;
+    ``max_body_bytes`` bounds a request body (413 above it). Example::
+
+        backend = LangChainBackend(FrugalChatModel.from_strategy(strategy, stages, budget=budget))
+        app = make_app(backend, {"sk-acme": {"tenant": "acme"}}, budget)
+        uvicorn.run(app, host="127.0.0.1", port=8000)
+    """
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    if max_body_bytes < 1:
+        raise ConfigurationError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+    scopes = {key_digest(key): scope_of(value, f"key {key[:4]}...") for key, value in keys.items()}
+    if not scopes:
+        raise ConfigurationError("frugal serve needs at least one API key")
+    name = str(getattr(backend, "name", None) or "frugal-cascade")
+    unauthorised = error_body("Missing or invalid API key.", "invalid_request_error", "invalid_api_key")
+
+    def authorise(request: Request) -> Scope | None:
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        return scopes.get(key_digest(token)) if token else None
+
+    async def completions(request: Request) -> Response:
+        scope = authorise(request)
+        if scope is None:
+            return error_response(401, unauthorised)
+        try:
+            call = parse_request(await read_json(request, max_body_bytes), scope)
+        except Refused as refused:
+            return refused.response()
+        reply_id, created = f"chatcmpl-frugal-{uuid.uuid4().hex[:24]}", int(time.time())
+        if call.stream and not call.request.tools:  # the last stage streams live
+            queue = start_reading(backend.stream(call.request, call.scope))
+            first = await queue.get()
+            if isinstance(first, Raised):
+                return failure_response(first.error)
+            events = live_events(first, queue, reply_id, created, name)
+            return StreamingResponse(events, media_type="text/event-stream")
+        try:
+            answer = await backend.complete(call.request, call.scope)
+        except Exception as exc:
+            return failure_response(exc)
+        reply, call_ids = wire_reply(answer, call.schema_name)
+        trail = jsonable(answer.trail)
+        common: dict[str, Any] = {
+            "completion_id": reply_id,
+            "model": answer.model or name,
+            "created": created,
+            "call_ids": call_ids,
+        }
+        if not call.stream:
+            return JSONResponse({**completion_body(reply, **common), "frugal": trail})
+        return StreamingResponse(buffered_events(reply, common, trail), media_type="text/event-stream")
+
+    async def models(request: Request) -> Response:
+        if authorise(request) is None:
+            return error_response(401, unauthorised)
+        return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "frugal"}]})
+
+    routes = [Route("/v1/chat/completions", completions, methods=["POST"]), Route("/v1/models", models)]
+    app = Starlette(routes=routes)
+    app.state.backend = backend
+    app.state.budget = budget
+    return app
+
+
+def wire_reply(answer: ChatReply, schema_name: str | None) -> tuple[Reply, list[str]]:
+    """A backend's answer as a wire :class:`Reply` and its tool calls' ids (a json_schema answer: the forced
+    call's arguments as the text)."""
+    if schema_name is not None:
+        args = next((c.arguments for c in answer.tool_calls if c.name == schema_name), None)
+        return Reply(json.dumps(dict(args)) if args is not None else answer.text, usage=answer.usage), []
+    calls = tuple(WireToolCall(c.name, json.dumps(dict(c.arguments))) for c in answer.tool_calls)
+    call_ids = [c.id or f"call_{i}" for i, c in enumerate(answer.tool_calls)]
+    return Reply(answer.text if answer.text or not calls else None, calls, usage=answer.usage), call_ids
+
+
 async def buffered_events(reply: Reply, common: dict[str, Any], trail: Any) -> AsyncIterator[str]:
     """A whole answer as ``chat.completion.chunk`` events; the finish chunk carries the usage and trail."""
     chunks = list(stream_chunks(reply, include_usage=False, **common))
@@ -297,6 +468,35 @@ async def buffered_events(reply: Reply, common: dict[str, Any], trail: Any) -> A
     chunks[-1]["frugal"] = trail
     for chunk in chunks:
         yield f"data: {json.dumps(chunk)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+async def live_events(
+    first: Any, queue: asyncio.Queue[Any], reply_id: str, created: int, name: str
+) -> AsyncIterator[str]:
+    """A live stream's :class:`StreamEvent` s as ``chat.completion.chunk`` events; the last one carries the
+    finish reason, usage and trail. An error after the first event is reported in the stream."""
+    model_name, final = name, None
+
+    def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        body = chunk_body(delta, completion_id=reply_id, model=model_name, created=created, finish_reason=finish)
+        return f"data: {json.dumps({**body, **extra})}\n\n"
+
+    yield event({"role": "assistant", "content": ""})
+    item = first
+    while item is not END:
+        if isinstance(item, Raised):  # mid-stream: the status line is out, so report it in the stream
+            yield f"data: {json.dumps(failure_body(item.error)[1])}\n\n"
+            return
+        model_name = item.model or model_name
+        if item.text:
+            yield event({"content": item.text})
+        if item.reply is not None:
+            final = item.reply
+            model_name = final.model or model_name
+        item = await queue.get()
+    usage, trail = (final.usage, jsonable(final.trail)) if final is not None else ((0, 0), None)
+    yield event({}, "stop", usage=usage_body(usage), frugal=trail)
     yield "data: [DONE]\n\n"
 
 

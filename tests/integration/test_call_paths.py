@@ -335,15 +335,14 @@ def serving(server: Any, rig: Rig) -> Iterator[str]:
     """``frugal serve``'s app over ``rig`` under uvicorn on 127.0.0.1; yields its ``/v1`` URL."""
     import uvicorn
 
-    from frugal_langchain.serve import make_app
+    from frugal_langchain.serve import LangChainBackend
     from shared_scorer.budget.redis_server import free_port
+    from shared_scorer.server.gateway import make_app
 
-    def factory(budget: Any) -> FrugalChatModel:
-        # the app's own event loop gets its own HTTP client (LangChain caches one per base URL)
-        return lc_model(server, rig, http_async_client=httpx.AsyncClient(timeout=5))
-
+    # the app's own event loop gets its own HTTP client (LangChain caches one per base URL)
+    model = lc_model(server, rig, http_async_client=httpx.AsyncClient(timeout=5))
     port = free_port()
-    app = make_app(factory, KEYS, rig.budget)
+    app = make_app(LangChainBackend(model), KEYS, rig.budget)
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()

@@ -1,7 +1,13 @@
-"""``frugal serve`` over real HTTP on 127.0.0.1, driven by the ``openai`` client."""
+"""``frugal serve`` over real HTTP on 127.0.0.1, driven by the ``openai`` client, on both backends.
+
+Every case that uses the ``served`` fixture runs once over LangChain (``FrugalChatModel`` on ``ChatOpenAI``
+stages) and once over LlamaIndex (``FrugalLLM`` on ``OpenAILike`` stages): the gateway is the same, so
+what a client sees, pays and is refused must be the same too.
+"""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import logging
@@ -68,11 +74,15 @@ def scorer(query: str, answer: str) -> float:
     return 0.9 if answer.startswith("George") else 0.1
 
 
+FRAMEWORKS = ["langchain", "llamaindex"]
+
+
 @dataclass
 class Served:
     base_url: str
     budget: Budget
     replay: ReplayServer
+    framework: str
 
 
 @contextmanager
@@ -106,26 +116,53 @@ def chat_stages(replay: ReplayServer, max_tokens: int | None = 50, timeout: floa
     ]  # fmt: skip
 
 
-def require_serve() -> None:
-    for package in ("uvicorn", "starlette"):
+def index_stages(replay: ReplayServer, max_tokens: int | None = 50, timeout: float = 5) -> list[Any]:
+    from llama_index.llms.openai_like import OpenAILike
+
+    return [
+        OpenAILike(model=m, api_base=replay.base_url, api_key="x", is_chat_model=True, is_function_calling_model=True,
+                   max_retries=0, timeout=timeout, max_tokens=max_tokens)
+        for m in (SMALL, BIG)
+    ]  # fmt: skip
+
+
+def require_serve(framework: str = "langchain") -> None:
+    packages = ("uvicorn", "starlette") + (("llama_index.llms.openai_like",) if framework == "llamaindex" else ())
+    for package in packages:
         require(importlib.util.find_spec(package) is not None, f"{package} is not installed (pip install {package})")
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
-    require_serve()
-    from frugal_langchain import FrugalChatModel
-    from frugal_langchain.serve import make_app
+def backend(framework: str, replay: ReplayServer, max_tokens: int | None = 50, **options: Any) -> Any:
+    """A two-stage cascade over ``replay`` (SMALL, then BIG at threshold 0.5) as a serve backend."""
+    options = {"scorer": scorer, "thresholds": [0.5], "prices": PRICES, **options}
+    if framework == "langchain":
+        from frugal_langchain import FrugalChatModel
+        from frugal_langchain.serve import LangChainBackend
+
+        return LangChainBackend(FrugalChatModel(stages=chat_stages(replay, max_tokens), **options))
+    from frugal_llamaindex import FrugalLLM
+    from frugal_llamaindex.serve import LlamaIndexBackend
+
+    return LlamaIndexBackend(FrugalLLM(stages=index_stages(replay, max_tokens), **options))
+
+
+def strategy_backend(framework: str, base_url: str, **options: Any) -> Any:
+    """A backend for :func:`strategy` as ``frugal serve --framework FRAMEWORK`` builds it."""
+    module = importlib.import_module(f"frugal_{framework}.serve")
+    return module.serve_backend(strategy(), base_url=base_url, api_key="x", scorer=scorer, prices=PRICES, **options)
+
+
+@pytest.fixture(scope="module", params=FRAMEWORKS)
+def served(request: pytest.FixtureRequest) -> Iterator[Served]:
+    framework = request.param
+    require_serve(framework)
+    from shared_scorer.server.gateway import make_app
 
     budget = Budget(MemoryLedger(), [Limit("tenant", "1", period="day"), Limit("tenant", "0.0001", tenant="broke")])
     with replay_server(RECORDS, SCENARIOS) as replay:
-
-        def factory(budget: Budget | None) -> FrugalChatModel:
-            stages = chat_stages(replay)
-            return FrugalChatModel(stages=stages, scorer=scorer, thresholds=[0.5], prices=PRICES, budget=budget)
-
-        with serving(make_app(factory, KEYS, budget, max_body_bytes=4096)) as base_url:
-            yield Served(base_url, budget, replay)
+        app = make_app(backend(framework, replay, budget=budget), KEYS, budget, max_body_bytes=4096)
+        with serving(app) as base_url:
+            yield Served(base_url, budget, replay, framework)
 
 
 def client(base_url: str, key: str, max_retries: int = 0) -> openai.OpenAI:
@@ -232,6 +269,25 @@ def test_strategy_caps_are_kept_and_max_tokens_caps_only_the_uncapped_stages():
     assert [s.max_tokens for s in model.stages] == [1024, 40]  # BIG@40: the learned cap, not --max-tokens
 
 
+def test_llamaindex_stages_keep_the_same_caps_timeouts_and_retries():
+    require_serve("llamaindex")
+    from frugal_llamaindex.serve import openai_like_stages
+    from shared_scorer.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--strategy", "s", "--keys", "k", "--stages-base-url", "u"])
+    assert args.framework == "langchain"
+    args = build_parser().parse_args(["serve", "--strategy", "s", "--keys", "k", "--stages-base-url", "u",
+                                      "--framework", "llamaindex"])  # fmt: skip
+    assert args.framework == "llamaindex"
+    stages = openai_like_stages(strategy(), base_url="http://127.0.0.1:9/v1", api_key="x", max_tokens=1024)
+    assert {m: (s.max_tokens, s.timeout, s.max_retries, s.is_function_calling_model) for m, s in stages.items()} == {
+        SMALL: (1024, 60.0, 1, True),
+        BIG: (None, 60.0, 1, True),
+    }
+    llm = strategy_backend("llamaindex", "http://127.0.0.1:9/v1", max_tokens=1024).llm
+    assert [s.max_tokens for s in llm.stages] == [1024, 40]  # BIG@40: the learned cap, not --max-tokens
+
+
 def strategy() -> Any:
     from shared_scorer.strategy import Frontier, FrontierPoint, Strategy
 
@@ -281,11 +337,9 @@ def test_all_stages_failed_is_not_retried_by_the_sdk(served):
 
 
 def test_a_hanging_stage_times_out_and_escalates(served):
-    from frugal_langchain import FrugalChatModel
-    from frugal_langchain.serve import make_app, openai_stages
+    from shared_scorer.server.gateway import make_app
 
-    stages = openai_stages(strategy(), base_url=served.replay.base_url, api_key="x", timeout_s=0.5, max_retries=0)
-    app = make_app(lambda b: FrugalChatModel.from_strategy(strategy(), stages, scorer=scorer, prices=PRICES), KEYS)
+    app = make_app(strategy_backend(served.framework, served.replay.base_url, timeout_s=0.5, max_retries=0), KEYS)
     served.replay.set_fault(SMALL, "hang", 1)
     started = time.monotonic()
     with serving(app) as base_url:
@@ -332,15 +386,12 @@ def test_response_format_json_schema_is_answered_as_json(served):
 
 
 def test_answer_cache_is_scoped_by_the_keys_user_on_every_path(served):
-    from frugal_langchain import FrugalChatModel
-    from frugal_langchain.serve import make_app
     from shared_scorer.cache import AnswerCache, HashingEmbedder
+    from shared_scorer.server.gateway import make_app
 
     cache = AnswerCache(embedder=HashingEmbedder())
-    stages = chat_stages(served.replay)
-    model = FrugalChatModel(stages=stages, scorer=scorer, thresholds=[0.5], prices=PRICES, answer_cache=cache)
     replay = served.replay
-    with serving(make_app(lambda b: model, KEYS)) as base_url:
+    with serving(make_app(backend(served.framework, replay, answer_cache=cache), KEYS)) as base_url:
 
         def calls(user: str, stream: bool) -> tuple[str, int]:
             before = replay.request_count()
@@ -367,20 +418,15 @@ def test_answer_cache_is_scoped_by_the_keys_user_on_every_path(served):
 def test_ledger_down_fails_closed_and_never_shows_the_password(served, caplog):
     import httpx
 
-    from frugal_langchain import FrugalChatModel
-    from frugal_langchain.serve import make_app
     from shared_scorer.budget.redis_ledger import RedisLedger
+    from shared_scorer.server.gateway import make_app
 
     require(importlib.util.find_spec("redis") is not None, "the redis package is not installed (pip install redis)")
     caplog.set_level(logging.DEBUG)
     budget = Budget(RedisLedger(f"redis://:s3cret@127.0.0.1:{free_port()}/0"), [Limit("tenant", "1")])
 
-    def factory(budget: Budget | None) -> FrugalChatModel:
-        return FrugalChatModel(stages=chat_stages(served.replay), scorer=scorer, thresholds=[0.5], prices=PRICES,
-                               budget=budget)  # fmt: skip
-
     before = served.replay.request_count()
-    with serving(make_app(factory, KEYS, budget)) as base_url:
+    with serving(make_app(backend(served.framework, served.replay, budget=budget), KEYS, budget)) as base_url:
         with pytest.raises(openai.InternalServerError) as info:
             client(base_url, "sk-acme").chat.completions.create(
                 model="f", messages=[{"role": "user", "content": QUESTION}]
@@ -398,19 +444,16 @@ def test_ledger_down_fails_closed_and_never_shows_the_password(served, caplog):
 def test_client_that_hangs_up_mid_stream_is_charged_what_the_provider_billed(served):
     import httpx
 
-    from frugal_langchain import FrugalChatModel
-    from frugal_langchain.serve import make_app
+    from shared_scorer.server.gateway import make_app
 
     ledger = MemoryLedger()
     budget = Budget(ledger, [Limit("tenant", "10", period="day")])
-
-    def factory(budget: Budget | None) -> FrugalChatModel:
-        return FrugalChatModel(stages=chat_stages(served.replay, max_tokens=8192), scorer=scorer, thresholds=[0.5],
-                               prices=PRICES, budget=budget, cost_tracker=LedgerCostTracker(ledger))  # fmt: skip
+    tracker = LedgerCostTracker(ledger)
+    model = backend(served.framework, served.replay, max_tokens=8192, budget=budget, cost_tracker=tracker)
 
     served.replay.clear_requests()
     body = {"model": "f", "messages": [{"role": "user", "content": LONG}], "stream": True}
-    with serving(make_app(factory, KEYS, budget)) as base_url:
+    with serving(make_app(model, KEYS, budget)) as base_url:
         headers = {"authorization": "Bearer sk-acme"}
         with httpx.stream("POST", f"{base_url}/chat/completions", json=body, headers=headers) as response:
             lines = response.iter_lines()
@@ -442,17 +485,12 @@ class SettleFailsOnce(MemoryLedger):
 
 
 def test_ledger_failing_between_reserve_and_settle_keeps_the_paid_answer_and_records_it(served, caplog):
-    from frugal_langchain import FrugalChatModel
-    from frugal_langchain.serve import make_app
+    from shared_scorer.server.gateway import make_app
 
     ledger = SettleFailsOnce()
     budget = Budget(ledger, [Limit("tenant", "10", period="day")])
-
-    def factory(budget: Budget | None) -> FrugalChatModel:
-        return FrugalChatModel(stages=chat_stages(served.replay), scorer=scorer, thresholds=[0.5], prices=PRICES,
-                               budget=budget, cost_tracker=LedgerCostTracker(ledger))  # fmt: skip
-
-    with serving(make_app(factory, KEYS, budget)) as base_url:
+    model = backend(served.framework, served.replay, budget=budget, cost_tracker=LedgerCostTracker(ledger))
+    with serving(make_app(model, KEYS, budget)) as base_url:
         reply = client(base_url, "sk-acme").chat.completions.create(
             model="f", messages=[{"role": "user", "content": QUESTION}]
         )
@@ -462,3 +500,71 @@ def test_ledger_failing_between_reserve_and_settle_keeps_the_paid_answer_and_rec
     assert ledger.failed == 1
     assert sum((r.cost_usd for r in ledger.records()), Decimal(0)) == expected, "the paid cost is recorded"
     assert str(cost(SMALL, 12, 3)) in caplog.text, "the unsettled amount is logged"
+
+
+# ------------------------------------------------------------------------------- both backends, one strategy
+
+
+def test_a_message_without_a_known_role_is_a_400_and_calls_no_stage(served):
+    before = served.replay.request_count()
+    for messages in ([{"role": "robot", "content": "hi"}], ["hi"]):
+        with pytest.raises(openai.BadRequestError) as info:
+            ask(served, messages=messages)
+        assert info.value.param == "messages" and "has no known role" in info.value.body["message"]
+    assert served.replay.request_count() == before
+
+
+def without_latency(value: Any) -> Any:
+    """``value`` with every ``latency_ms`` left out (the one figure two runs need not share)."""
+    if isinstance(value, dict):
+        return {k: without_latency(v) for k, v in value.items() if k != "latency_ms"}
+    if isinstance(value, list):
+        return [without_latency(v) for v in value]
+    return value
+
+
+def test_the_same_strategy_served_through_both_backends_gives_the_same_trails_and_costs():
+    require_serve("llamaindex")
+    from shared_scorer.server.gateway import make_app
+
+    weather = [{"role": "user", "content": "What is the weather in Paris?"}]
+    book = {"type": "json_schema", "json_schema": BOOK_SCHEMA}
+    queries: list[dict[str, Any]] = [
+        {"messages": [{"role": "user", "content": QUESTION}]},
+        {"messages": [{"role": "user", "content": QUESTION}], "stream": True},
+        {"messages": weather, "tools": [WEATHER_TOOL]},
+        {"messages": [{"role": "user", "content": "Which author wrote Middlemarch?"}], "response_format": book},
+    ]
+    seen: dict[str, Any] = {}
+    with replay_server(RECORDS, SCENARIOS) as replay:
+        for framework in FRAMEWORKS:
+            ledger = MemoryLedger()
+            tracker = LedgerCostTracker(ledger)
+            app = make_app(strategy_backend(framework, replay.base_url, max_retries=0, cost_tracker=tracker), KEYS)
+            answers, trails = [], []
+            with serving(app) as base_url:
+                api = client(base_url, "sk-acme").chat.completions
+                for query in queries:
+                    if query.get("stream"):
+                        chunks = list(api.create(model="f", **query))
+                        answers.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+                        trails.append(chunks[-1].model_extra["frugal"])
+                        continue
+                    reply = api.create(model="f", **query)
+                    message = reply.choices[0].message
+                    calls = [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or []]
+                    answers.append(message.content or calls)
+                    trails.append(reply.model_extra["frugal"])
+            records = [(r.tenant, r.user, r.model, r.cost_usd) for r in ledger.records()]
+            seen[framework] = (answers, without_latency(trails), records)
+    assert seen["langchain"] == seen["llamaindex"]
+    answers, trails, records = seen["langchain"]
+    eliot = "George Eliot, the pen name of Mary Ann Evans"
+    assert answers == [eliot, eliot, [("get_weather", {"city": "Paris"})], '{"author": "George Eliot"}']
+    assert [t["cost_usd"] for t in trails] == [
+        str(cost(SMALL, 12, 3) + cost(BIG, 12, 9)),
+        str(cost(SMALL, 12, 3) + cost(BIG, 12, 9)),
+        str(cost(SMALL, 30, 7) + cost(BIG, 30, 7)),
+        str(cost(SMALL, 25, 6) + cost(BIG, 25, 6)),
+    ]
+    assert sum((r[3] for r in records), Decimal(0)) == sum((Decimal(t["cost_usd"]) for t in trails), Decimal(0))
