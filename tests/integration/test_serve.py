@@ -568,3 +568,60 @@ def test_the_same_strategy_served_through_both_backends_gives_the_same_trails_an
         str(cost(SMALL, 25, 6) + cost(BIG, 25, 6)),
     ]
     assert sum((r[3] for r in records), Decimal(0)) == sum((Decimal(t["cost_usd"]) for t in trails), Decimal(0))
+
+
+# ------------------------------------------------------------------------------- the command
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_frugal_serve_command_serves_the_strategy_on_either_framework(framework, tmp_path, monkeypatch):
+    """``frugal serve --framework F`` through ``main``: keys file, ledger, limits and the backend it builds
+    (the scorer is the test's: the command would load the strategy's DistilBERT checkpoint)."""
+    require_serve(framework)
+    import uvicorn
+
+    from shared_scorer.budget import SQLiteLedger
+    from shared_scorer.cli import main
+
+    module = importlib.import_module(f"frugal_{framework}.serve")
+    build = module.serve_backend
+    monkeypatch.setattr(module, "serve_backend", lambda *a, **kw: build(*a, scorer=scorer, prices=PRICES, **kw))
+    replies: list[Any] = []
+
+    def run(app: Any, host: str, port: int) -> None:  # instead of blocking: serve, ask once, stop
+        assert (host, port) == ("127.0.0.1", 8000)
+        with serving(app) as base_url:
+            replies.append(client(base_url, "sk-acme").chat.completions.create(
+                model="f", messages=[{"role": "user", "content": QUESTION}]))  # fmt: skip
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    strategy().save(tmp_path / "strategy.json")
+    (tmp_path / "keys.json").write_text(json.dumps(KEYS))
+    ledger = tmp_path / "ledger.db"
+    with replay_server(RECORDS, SCENARIOS) as replay:
+        argv = ["serve", "--framework", framework, "--strategy", str(tmp_path / "strategy.json"),
+                "--keys", str(tmp_path / "keys.json"), "--stages-base-url", replay.base_url,
+                "--ledger", str(ledger), "--limit", "tenant=1/day", "--max-tokens", "50"]  # fmt: skip
+        assert main(argv) == 0
+    (reply,) = replies
+    assert reply.choices[0].message.content == "George Eliot, the pen name of Mary Ann Evans"
+    expected = cost(SMALL, 12, 3) + cost(BIG, 12, 9)
+    assert Decimal(reply.model_extra["frugal"]["cost_usd"]) == expected
+    records = SQLiteLedger(ledger).records()
+    assert [(r.tenant, r.user) for r in records] == [("acme", "svc"), ("acme", "svc")]
+    assert sum((r.cost_usd for r in records), Decimal(0)) == expected
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_frugal_serve_without_the_frameworks_extra_names_it(framework, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from shared_scorer.cli import main
+
+    monkeypatch.setitem(sys.modules, f"frugal_{framework}.serve", None)  # as if the extra were not installed
+    argv = ["serve", "--framework", framework, "--strategy", str(tmp_path / "s.json"), "--keys",
+            str(tmp_path / "k.json"), "--stages-base-url", "http://127.0.0.1:9/v1", "--ledger", "memory:"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"frugal serve: error: frugal serve --framework {framework} needs ")
+    assert f"'frugal-cascade[serve,{framework}]'" in err and err.count("\n") == 1
