@@ -625,3 +625,16 @@ def test_frugal_serve_without_the_frameworks_extra_names_it(framework, tmp_path,
     err = capsys.readouterr().err
     assert err.startswith(f"frugal serve: error: frugal serve --framework {framework} needs ")
     assert f"'frugal-cascade[serve,{framework}]'" in err and err.count("\n") == 1
+
+
+def test_stop_reaches_langchain_stages_and_is_a_400_on_llamaindex(served):
+    """LlamaIndex's ``FrugalLLM`` takes no per-call ``stop`` (README: the one difference between backends)."""
+    before = served.replay.request_count()
+    if served.framework == "langchain":
+        assert ask(served, stop=["zzz"]).choices[0].message.content == "George Eliot, the pen name of Mary Ann Evans"
+        assert served.replay.request_count() - before == 2
+        return
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(served, stop=["zzz"])
+    assert "unknown per-call keyword 'stop'" in info.value.body["message"]
+    assert served.replay.request_count() == before
