@@ -4,6 +4,7 @@
     frugal train-scorer --train FILE ...   train the DistilBERT scorer on recorded answers (cli.learn)
     frugal eval --data FILE --scorer DIR   replay a dataset through FrugalChatModel; print the figures (cli.learn)
     frugal collect | fit | bench           record answers, learn a strategy, measure it (cli.learn)
+    frugal advise                          what each model is worth to the cascade (cli.advise)
     frugal report                          spend from a ledger (cli.budget)
     frugal serve                           the cascade as an OpenAI-compatible endpoint (cli.serve)
     frugal train-cache-verifier | cache-bench   the answer cache's verifier and figures (cli.cache)
@@ -20,7 +21,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shared_scorer.cli import budget, cache, learn, replay, serve
+from shared_scorer.cli import advise, budget, cache, learn, replay, serve
 from shared_scorer.errors import FrugalError
 
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     replay.add_parsers(subparsers)
     learn.add_parsers(subparsers)
+    advise.add_parsers(subparsers)
     budget.add_parsers(subparsers)
     serve.add_parsers(subparsers)
     cache.add_parsers(subparsers)

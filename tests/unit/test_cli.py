@@ -24,6 +24,7 @@ COMMANDS = (
     "collect",
     "fit",
     "bench",
+    "advise",
     "report",
     "serve",
     "train-cache-verifier",
@@ -84,6 +85,7 @@ def test_every_subcommand_has_a_run_handler(command: str) -> None:
         ["train-cache-verifier", "--pairs", "p", "--out", "o", "--heldout-fraction", "2"],
         ["train-scorer", "--train", "t", "--out", "o", "--lr", "-0.1"],
         ["report", "--ledger", "x.db", "--since-days", "-1"],
+        ["advise", "--train", "t", "--test", "t", "--json", "j", "--price", "gpt-x=1"],
     ],
 )
 def test_bad_arguments_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
