@@ -11,6 +11,9 @@ FrugalError
 └── CascadeError            every stage failed; ``.failures`` holds each stage's cause, ``__cause__``
                             the last stage's exception
 
+Every class of the tree is defined here, and nowhere else; ``tests/unit/test_package.py`` holds the drawing
+above equal to the real subclasses of :class:`FrugalError` (names and parents).
+
 Every error survives a pickle round trip with its fields (a worker process can hand it back); an error
 carrying a cascade call's ``result`` keeps it when the result pickles, and drops it otherwise.
 """
