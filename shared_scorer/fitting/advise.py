@@ -181,15 +181,21 @@ def _acc(value: float | None) -> float:
 
 
 def depth_curve(
-    train: Table, test: Table, options: SearchOptions, ref: Reference, max_depth: int | None = None
+    train: Table,
+    test: Table,
+    options: SearchOptions,
+    ref: Reference,
+    max_depth: int | None = None,
+    known: Mapping[int, Frontier] | None = None,
 ) -> list[dict[str, Any]]:
-    """The budget curve of the best frontier with chains of at most 1, 2, ... models."""
+    """The budget curve of the best frontier with chains of at most 1, 2, ... models (``known``: frontiers
+    already searched, by depth)."""
     deepest = min(max_depth or len(models_of_table(train)), len(models_of_table(train)))
     out: list[dict[str, Any]] = []
     frontier: Frontier | None = None
     for depth in range(1, deepest + 1):
         if depth <= options.max_depth:
-            frontier = options.frontier(train, depth)
+            frontier = (known or {}).get(depth) or options.frontier(train, depth)
             how = "fit"
         else:
             deep = search(uncapped(train), max_depth=depth, candidates="grid", grid_points=options.deep_grid_points)
@@ -364,10 +370,12 @@ def advise_tables(
     if train.models != test.models:
         raise DataError(f"train and test tables have different columns: {train.models} vs {test.models}")
     ref = Reference.of(train, test)
+    ref_models = models_of_table(train)
     if progress:
         progress("depth curve")
-    depth = depth_curve(train, test, options, ref, max_depth)
-    full = budget_curve(options.frontier(train), test, ref)
+    searched = options.frontier(train)
+    depth = depth_curve(train, test, options, ref, max_depth, {min(options.max_depth, len(ref_models)): searched})
+    full = budget_curve(searched, test, ref)
     if progress:
         progress("leave one model out")
     models = leave_one_out(train, test, options, ref, full)
