@@ -456,16 +456,22 @@ def fitted_scores(
 
 
 def label_scores(
-    train_records: Sequence[Record], test_records: Sequence[Record], models: Sequence[str] | None = None
+    train_records: Sequence[Record],
+    test_records: Sequence[Record],
+    models: Sequence[str] | None = None,
+    caps: str | Sequence[int] = "auto",
 ) -> Scored:
-    """Scores that are the recorded labels (``--scorer oracle``): what each model is worth to a perfect scorer."""
+    """Scores that are the recorded labels (``--scorer oracle``): what each model is worth to a perfect scorer.
+    Capped columns are chosen as ``fit`` chooses them (``caps``)."""
+    from shared_scorer.fitting.columns import choose_caps
     from shared_scorer.fitting.data import models_of
 
     chosen = list(models or models_of(train_records))
     train_ids, train_rows = complete_rows(train_records, chosen)
     test_ids, test_rows = complete_rows([r for r in test_records if r.model in set(chosen)], chosen)
     labels = {(r.query_id, r.model): r.correct for r in [*train_rows, *test_rows]}
-    return Scored(chosen, {}, train_ids, train_rows, labels, test_ids, test_rows, labels, None, "oracle (labels)")
+    capped = choose_caps(train_rows, chosen, caps)
+    return Scored(chosen, capped, train_ids, train_rows, labels, test_ids, test_rows, labels, None, "oracle (labels)")
 
 
 def candidate_table(
@@ -553,7 +559,7 @@ def advise(
     if repriced:
         check_overrides(repriced, [*train_records, *test_records, *(candidate or [])])
     if oracle:
-        scored = label_scores(train_records, test_records, config.models)
+        scored = label_scores(train_records, test_records, config.models, config.caps)
     else:
         if out is None:
             raise ConfigurationError("advise needs a folder for the fitted strategy (out)")
