@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
@@ -22,20 +21,17 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from frugal_langchain import _convert
-from shared_scorer.adapters.assemble import build_from_strategy, cascade_for, reject_unknown_arguments
-from shared_scorer.cascade import Cascade, Validator
-from shared_scorer.context import CallContext, Scope, build_context
+from shared_scorer.adapters.settings import CascadeSettings
+from shared_scorer.cascade import Validator
+from shared_scorer.context import CallContext
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.outcome import CascadeResult, StageOutput
-from shared_scorer.strategy import Strategy
 from shared_scorer.streaming import LiveProgress, with_usage
 from shared_scorer.tools import ToolCallValidator
-from shared_scorer.tracking import CostTracker
 
-_FORWARDED = ("temperature", "max_tokens")
 _OWN_KWARGS = ("tools", "tool_choice", "model", "parallel_tool_calls")
 _STREAM_RUN = "frugal_stream_run"
 """The keyword ``stream``/``astream`` hand ``_stream``/``_astream`` the call's config and run id under:
@@ -45,7 +41,19 @@ _RUN_MANAGER: ContextVar[tuple[object, _RunManager | None] | None] = ContextVar(
 """The run manager of the ``invoke`` in progress, for ``_stream`` when ``invoke`` streams internally."""
 
 
-class FrugalChatModel(BaseChatModel):
+def stage_name(model: BaseChatModel) -> str:
+    """The model name a stage is priced and reported under."""
+    try:
+        name = model._get_ls_params().get("ls_model_name")
+    except Exception:
+        name = None
+    for candidate in (name, getattr(model, "model_name", None), getattr(model, "model", None)):
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    return type(model).__name__
+
+
+class FrugalChatModel(CascadeSettings, BaseChatModel):
     """A cascade of chat models, cheapest first, that answers as one chat model.
 
     Each query goes to the first stage; the scorer rates (query, answer); an answer whose score reaches
@@ -71,29 +79,9 @@ class FrugalChatModel(BaseChatModel):
             llm.invoke("Who wrote Middlemarch?").content  # 'Mary Ann Evans'
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, extra="forbid")
+    model_config = CascadeSettings.model_config  # else BaseChatModel's extra="ignore" wins the merge
 
-    stages: list[Any]
-    """The child chat models, cheapest first (any LangChain ``BaseChatModel``)."""
-    scorer: Any
-    """A ``shared_scorer.Scorer`` (e.g. ``DistilBertScorer``) or a function ``(query, answer) -> [0, 1]``."""
-    thresholds: list[float] = Field(default_factory=list)
-    """One acceptance threshold in [0, 1] per stage but the last."""
-    prices: dict[str, Any] | None = None
-    """Price overrides by stage model name: ``(input, output)`` USD per million tokens or a ``Price``.
-    Models not listed are priced from ``genai-prices``; an unknown one is an error at construction."""
-    return_policy: Literal["last", "best"] = "last"
-    """``"last"``: when no earlier stage is accepted, return the last stage's answer. ``"best"``: return
-    the best-scored answer seen (the last stage is then scored and buffered when streaming)."""
-    cost_tracker: CostTracker = Field(default_factory=CostTracker, exclude=True)
-    """Where every call's spend is recorded; pass one to share it between models. Created if omitted."""
-    model_name: str = Field(default="frugal-cascade", alias="model")
-    """The name this cascade reports for tracing. Each answer's ``response_metadata["model_name"]`` is
-    the stage model that actually answered."""
-    temperature: float | None = None
-    """Sent to every stage call when set (else each child's own setting applies)."""
-    max_tokens: int | None = None
-    """Sent to every stage call when set (else each child's own setting applies)."""
+    # the cascade's settings (stages, scorer, thresholds, prices, ...) are CascadeSettings' fields
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     """Default stop sequences, sent to every stage call."""
     timeout: float | None = None
@@ -103,60 +91,16 @@ class FrugalChatModel(BaseChatModel):
     """Reported for tracing only: each child client owns its retries; a stage that still fails escalates."""
     streaming: bool = False
     """Whether ``invoke`` streams internally (LangChain's standard flag)."""
-    tenant: str | None = None
-    """The tenant calls belong to (cache entries and budgets are scoped by it); a call's
-    ``config={"metadata": {"tenant": ...}}`` overrides it."""
-    user: str | None = None
-    """The user calls belong to; ``config={"metadata": {"user": ...}}`` overrides it."""
-    answer_cache: Any = None
-    """An ``AnswerCache`` consulted before the first stage (accepted answers are stored in it)."""
-    budget: Any = None
-    """A ``Budget``: each stage's worst-case cost is reserved before the stage is called."""
-    on_budget: Literal["stop", "raise"] = "stop"
-    """When a stage cannot be afforded: ``"stop"`` returns the best answer already in hand (raising
-    ``BudgetExceeded`` if there is none), ``"raise"`` raises ``BudgetExceeded`` naming the limit."""
-    strategy_id: str = ""
-    """Identifies the fitted strategy (part of every cache fingerprint, so a new strategy starts afresh)."""
-    max_output_tokens: dict[str, int] | None = None
-    """The most output tokens each stage may write, by stage model name (bounds budget reservations;
-    needed for a stage whose client sets no ``max_tokens``). Each stage call is sent at most this."""
 
-    _cascade: Cascade = PrivateAttr()
+    _stage_type = BaseChatModel
+    _stage_kind = "a LangChain chat model (BaseChatModel)"
+    _stage_name = staticmethod(stage_name)
     _callable_stages: list[Any] = PrivateAttr()
+    """The stages as they are called (see :func:`_with_stream_usage`)."""
 
     def __init__(self, **data: Any) -> None:
-        reject_unknown_arguments(type(self), data)
         super().__init__(**data)
-        self._cascade = cascade_for(
-            self,
-            is_stage=lambda stage: isinstance(stage, BaseChatModel),
-            what="a LangChain chat model (BaseChatModel)",
-            name_of=stage_name,
-        )
         self._callable_stages = [_with_stream_usage(stage) for stage in self.stages]
-
-    @classmethod
-    def from_strategy(cls, path: str | Path | Strategy, stages: Mapping[str, Any], **options: Any) -> FrugalChatModel:
-        """Build the cascade a ``frugal fit`` strategy describes, over ``stages[name]`` for each model.
-
-        ``max_cost_per_query`` or ``target_accuracy`` picks another point of the saved frontier; other
-        keyword arguments (``scorer=``, ``prices=``, ``budget=``, ``answer_cache=``, ``tenant=`` ...) go to the model.
-
-        Example:
-            .. code-block:: python
-
-                llm = FrugalChatModel.from_strategy(
-                    "out/strategy/strategy.json",
-                    stages={"gpt-5-mini": ChatOpenAI(model="gpt-5-mini"), "gpt-5": ChatOpenAI(model="gpt-5")},
-                )
-        """
-        model: FrugalChatModel = build_from_strategy(cls, path, stages, name_of=stage_name, **options)
-        return model
-
-    @property
-    def cascade(self) -> Cascade:
-        """The framework-free cascade this model delegates every decision to."""
-        return self._cascade
 
     @property
     def _llm_type(self) -> str:
@@ -308,22 +252,17 @@ class FrugalChatModel(BaseChatModel):
     ) -> tuple[dict[str, Any], Validator, CallContext]:
         """Split per-call kwargs into what every child gets, the answer validator and the call's context."""
         call_kwargs = {k: v for k, v in kwargs.items() if k not in _OWN_KWARGS}
-        for name in _FORWARDED:
-            if getattr(self, name) is not None and name not in call_kwargs:
-                call_kwargs[name] = getattr(self, name)
+        call_kwargs.update(self._forwarded(call_kwargs))
         if stop := stop or self.stop:
             call_kwargs["stop"] = stop
         tools = kwargs.get("tools") or []
         validate = ToolCallValidator(_convert.tool_specs(tools), _convert.required_tool(kwargs.get("tool_choice")))
         metadata = run_manager.metadata if run_manager is not None else {}
-        context = build_context(
+        context = self._call_context(
             _convert.turns(messages),
-            scope=Scope(
-                tenant=str(metadata.get("tenant") or self.tenant or "default"),
-                user=str(metadata.get("user") or self.user or "default"),
-            ),
+            tenant=metadata.get("tenant"),
+            user=metadata.get("user"),
             tools=[tools, kwargs.get("tool_choice")] if tools else None,
-            strategy=self.strategy_id,
             max_output_tokens=call_kwargs.pop("max_tokens", None),
             cacheable=metadata.get("frugal_cache", True) is not False,
         )
@@ -343,8 +282,8 @@ class FrugalChatModel(BaseChatModel):
         configs = _child_configs(run_manager, len(children))
         prompt = [text for _, text in _convert.turns(messages)]
         stages = []
-        for i, (child, config) in enumerate(zip(children, configs, strict=True)):
-            limit = self._cascade.stage_max_tokens(i, context)
+        limits = self._stage_limits(context)
+        for i, (child, config, limit) in enumerate(zip(children, configs, limits, strict=True)):
             stage_kwargs = call_kwargs if limit is None else {**call_kwargs, "max_tokens": limit}
             stages.append(_StageCall(child, messages, config, stage_kwargs, prompt, self._cascade.models[i]))
         return stages, validate, context
@@ -438,18 +377,6 @@ class FrugalChatModel(BaseChatModel):
         if run_manager is not None:
             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         return chunk
-
-
-def stage_name(model: BaseChatModel) -> str:
-    """The model name a stage is priced and reported under."""
-    try:
-        name = model._get_ls_params().get("ls_model_name")
-    except Exception:
-        name = None
-    for candidate in (name, getattr(model, "model_name", None), getattr(model, "model", None)):
-        if isinstance(candidate, str) and candidate:
-            return candidate
-    return type(model).__name__
 
 
 def _child_configs(

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -25,18 +24,15 @@ from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.tools import BaseTool
-from pydantic import ConfigDict, Field, PrivateAttr
 
 from frugal_llamaindex import _convert
-from shared_scorer.adapters.assemble import build_from_strategy, cascade_for, reject_unknown_arguments
-from shared_scorer.cascade import Cascade, Validator
-from shared_scorer.context import CallContext, Scope, build_context
+from shared_scorer.adapters.settings import CascadeSettings
+from shared_scorer.cascade import Validator
+from shared_scorer.context import CallContext
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.outcome import CascadeResult, StageOutput
-from shared_scorer.strategy import Strategy
 from shared_scorer.streaming import LiveProgress, with_usage
 from shared_scorer.tools import ToolCallValidator
-from shared_scorer.tracking import CostTracker
 
 dispatcher = get_dispatcher(__name__)
 
@@ -48,7 +44,19 @@ _DROPPED_KEYWORDS = ("chat_history", "formatted", "verbose")
 """Keywords LlamaIndex may pass along that no stage call needs (the messages are already given)."""
 
 
-class FrugalLLM(FunctionCallingLLM):
+def stage_name(llm: Any) -> str:
+    """The model name a stage is priced and reported under."""
+    for candidate in (getattr(llm, "model", None), getattr(llm, "model_name", None)):
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    try:
+        name = llm.metadata.model_name
+    except Exception:
+        name = None
+    return name if isinstance(name, str) and name and name != "unknown" else type(llm).__name__
+
+
+class FrugalLLM(CascadeSettings, FunctionCallingLLM):
     """A cascade of LlamaIndex LLMs, cheapest first, that answers as one LLM.
 
     The same cascade as ``frugal_langchain.FrugalChatModel`` (both delegate to ``shared_scorer.Cascade``):
@@ -73,67 +81,15 @@ class FrugalLLM(FunctionCallingLLM):
             llm.complete("Who wrote Middlemarch?").additional_kwargs["frugal"]["stage"]  # 0
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    model_config = CascadeSettings.model_config  # the cascade's settings are CascadeSettings' fields
 
-    stages: list[Any] = Field(description="The stage LLMs, cheapest first (any LlamaIndex LLM).")
-    scorer: Any = Field(description="A shared_scorer.Scorer or a function (query, answer) -> [0, 1].")
-    thresholds: list[float] = Field(default_factory=list, description="One threshold per stage but the last.")
-    prices: dict[str, Any] | None = Field(
-        default=None, description="Price overrides by stage model name: (input, output) USD per million tokens."
-    )
-    return_policy: Literal["last", "best"] = Field(
-        default="last", description="'last': return the last stage's answer; 'best': the best-scored answer."
-    )
-    cost_tracker: CostTracker = Field(
-        default_factory=CostTracker, exclude=True, description="Where every call's spend is recorded; share it freely."
-    )
-    model_name: str = Field(default="frugal-cascade", description="The name this cascade reports.")
-    tenant: str | None = Field(default=None, description="Tenant scope; a call's tenant= keyword overrides it.")
-    user: str | None = Field(default=None, description="User scope; a call's user= keyword overrides it.")
-    answer_cache: Any = Field(default=None, exclude=True, description="An AnswerCache consulted first.")
-    budget: Any = Field(default=None, exclude=True, description="A Budget reserving each stage's worst case.")
-    on_budget: Literal["stop", "raise"] = Field(
-        default="stop", description="Unaffordable stage: 'stop' returns the best answer in hand, 'raise' raises."
-    )
-    strategy_id: str = Field(default="", description="The fitted strategy's id (part of cache fingerprints).")
-    max_output_tokens: dict[str, int] | None = Field(
-        default=None,
-        description="The most output tokens each stage may write, by stage model name (bounds budget reservations; "
-        "needed for a stage whose client sets no max_tokens). Each stage call is sent at most this.",
-    )
-
-    _cascade: Cascade = PrivateAttr()
-
-    def __init__(self, **data: Any) -> None:
-        reject_unknown_arguments(type(self), data)
-        super().__init__(**data)
-        self._cascade = cascade_for(
-            self, is_stage=lambda stage: isinstance(stage, LLM), what="a LlamaIndex LLM", name_of=stage_name
-        )
+    _stage_type = LLM
+    _stage_kind = "a LlamaIndex LLM"
+    _stage_name = staticmethod(stage_name)
 
     @classmethod
     def class_name(cls) -> str:
         return "FrugalLLM"
-
-    @classmethod
-    def from_strategy(cls, path: str | Path | Strategy, stages: Mapping[str, Any], **options: Any) -> FrugalLLM:
-        """Build the cascade a ``frugal fit`` strategy describes, over ``stages[name]`` for each model.
-
-        The same decisions as ``FrugalChatModel.from_strategy`` on the same strategy. ``max_cost_per_query=``
-        or ``target_accuracy=`` picks another frontier point; ``scorer=`` and ``prices=`` override the saved
-        ones; other keyword arguments go to the model. Example:
-
-        .. code-block:: python
-
-            llm = FrugalLLM.from_strategy("out/strategy/strategy.json", stages={"gpt-5-mini": OpenAILike(...)})
-        """
-        model: FrugalLLM = build_from_strategy(cls, path, stages, name_of=stage_name, **options)
-        return model
-
-    @property
-    def cascade(self) -> Cascade:
-        """The framework-free cascade this LLM delegates every decision to."""
-        return self._cascade
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -194,7 +150,8 @@ class FrugalLLM(FunctionCallingLLM):
                 stage.callback_manager = self.callback_manager
 
     def _context(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> CallContext:
-        """The call's scope (``tenant=``/``user=`` keywords win over the fields) and validity fingerprint.
+        """The call's scope (``tenant=``/``user=`` keywords win over the fields) and validity fingerprint;
+        the model's ``temperature`` and ``max_tokens`` join the keywords when set and not given by the call.
 
         A keyword that is neither ours nor one LlamaIndex passes is refused rather than sent to every
         provider (set provider options on the stage LLMs themselves).
@@ -208,14 +165,14 @@ class FrugalLLM(FunctionCallingLLM):
             )
         for name in _DROPPED_KEYWORDS:
             kwargs.pop(name, None)
-        tenant, user = kwargs.pop("tenant", None), kwargs.pop("user", None)
+        kwargs.update(self._forwarded(kwargs))
         tools = kwargs.get("tools")
         specs = [[s.name, s.parameters] for s in _convert.tool_specs(tools)] if tools else None
-        return build_context(
+        return self._call_context(
             _convert.turns(messages),
-            scope=Scope(tenant=str(tenant or self.tenant or "default"), user=str(user or self.user or "default")),
+            tenant=kwargs.pop("tenant", None),
+            user=kwargs.pop("user", None),
             tools=[specs, "any" if kwargs.get("tool_required") else None] if specs else None,
-            strategy=self.strategy_id,
             max_output_tokens=kwargs.pop("max_tokens", None),
             cacheable=kwargs.pop("frugal_cache", True) is not False,
         )
@@ -230,8 +187,7 @@ class FrugalLLM(FunctionCallingLLM):
             for name in ("tool_required", "allow_parallel_tool_calls", "tool_choice"):
                 kwargs.pop(name, None)
         plan = _Plan(messages, [text for _, text in _convert.turns(messages)])
-        for i, stage in enumerate(self.stages):
-            limit = self._cascade.stage_max_tokens(i, context)
+        for i, (stage, limit) in enumerate(zip(self.stages, self._stage_limits(context), strict=True)):
             own = getattr(stage, "max_tokens", None)
             if limit is not None and isinstance(own, int) and own > limit:
                 # LlamaIndex's OpenAI sends its own max_tokens over a call's: call a copy capped at the limit
@@ -330,18 +286,6 @@ class FrugalLLM(FunctionCallingLLM):
                 yield _completion(response)
 
         return gen()
-
-
-def stage_name(llm: Any) -> str:
-    """The model name a stage is priced and reported under."""
-    for candidate in (getattr(llm, "model", None), getattr(llm, "model_name", None)):
-        if isinstance(candidate, str) and candidate:
-            return candidate
-    try:
-        name = llm.metadata.model_name
-    except Exception:
-        name = None
-    return name if isinstance(name, str) and name and name != "unknown" else type(llm).__name__
 
 
 _END = object()

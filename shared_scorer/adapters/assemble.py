@@ -1,13 +1,13 @@
-"""What both framework adapters do the same way: build their cascade, and their settings from a strategy.
+"""An adapter model's settings from a saved strategy, the same for both framework adapters.
 
 Framework-free: each adapter passes its stage objects and how it names them; both adapters therefore
-build the same cascade (:func:`cascade_for`) from the same strategy (:func:`strategy_settings`), with the
+take the same settings (:func:`strategy_settings`, used by
+:meth:`shared_scorer.adapters.settings.CascadeSettings.from_strategy`) from the same strategy, with the
 same output caps (:func:`apply_cap`).
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -15,11 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from shared_scorer.cascade import Cascade
-from shared_scorer.context import check_max_tokens
 from shared_scorer.costs import price_pairs
 from shared_scorer.errors import ConfigurationError
-from shared_scorer.limits import output_limit_of
 from shared_scorer.scoring.base import ScoreRequest, as_scorer
 from shared_scorer.strategy import Strategy, split_cap
 
@@ -78,47 +75,6 @@ def strategy_settings(
     }
 
 
-def build_from_strategy(
-    cls: Callable[..., Any],
-    path: str | Path | Strategy,
-    stages: Mapping[str, Any],
-    *,
-    name_of: Callable[[Any], str],
-    scorer: Any = None,
-    max_cost_per_query: float | None = None,
-    target_accuracy: float | None = None,
-    prices: Mapping[str, Any] | None = None,
-    **model_options: Any,
-) -> Any:
-    """``cls(**strategy_settings(...), **model_options)``: what both adapters' ``from_strategy`` do."""
-    settings = strategy_settings(
-        path,
-        stages,
-        name_of=name_of,
-        scorer=scorer,
-        max_cost_per_query=max_cost_per_query,
-        target_accuracy=target_accuracy,
-        prices=prices,
-    )
-    return cls(**settings, **model_options)
-
-
-def reject_unknown_arguments(cls: type, arguments: Mapping[str, Any]) -> None:
-    """A :class:`ConfigurationError` naming each argument ``cls`` has no field (or alias) for, with the
-    nearest field name: a misspelt option must not be ignored."""
-    fields = getattr(cls, "model_fields", {})
-    known = set(fields) | {f.alias for f in fields.values() if isinstance(f.alias, str)}
-    unknown = [name for name in arguments if name not in known]
-    if not unknown:
-        return
-    parts = []
-    for name in unknown:
-        close = difflib.get_close_matches(name, sorted(known), n=1)
-        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    plural = "s" if len(unknown) > 1 else ""
-    raise ConfigurationError(f"{cls.__name__}: unknown argument{plural} {', '.join(parts)}")
-
-
 def strategy_id(strategy: Strategy) -> str:
     """A short stable id of the decisions a strategy makes (chain, thresholds, scorer, data)."""
     key = json.dumps(
@@ -157,43 +113,3 @@ def apply_cap(model: Any, cap: int, name: str = "") -> Any:
     if isinstance(current, int) and current < cap:
         return model
     return model.model_copy(update={"max_tokens": int(cap)})
-
-
-def cascade_for(
-    settings: Any, *, is_stage: Callable[[object], bool], what: str, name_of: Callable[[Any], str]
-) -> Cascade:
-    """The cascade an adapter model delegates to, checked at construction.
-
-    ``settings`` is the adapter model: it has ``stages``, ``thresholds``, ``scorer``, ``prices``,
-    ``return_policy``, ``cost_tracker``, ``answer_cache``, ``budget`` and ``on_budget``, and may have
-    ``max_output_tokens`` (a mapping of model name to its maximum output tokens) and ``max_tokens`` (a
-    cap the adapter sends to every stage). Each stage's output limit is the smaller of the one
-    :func:`output_limit_of` finds and ``max_tokens``; with a budget, a stage with neither is an error here.
-    """
-    stages = list(settings.stages)
-    if not stages:
-        raise ConfigurationError(f"{type(settings).__name__} needs at least one stage")
-    for i, stage in enumerate(stages):
-        if not is_stage(stage):
-            raise ConfigurationError(f"stage {i} must be {what}, got {type(stage).__name__}")
-    names = [name_of(stage) for stage in stages]
-    given = getattr(settings, "max_output_tokens", None)
-    if given is not None and not isinstance(given, Mapping):
-        raise ConfigurationError(f"max_output_tokens must map model names to token counts, got {given!r}")
-    cap = check_max_tokens(getattr(settings, "max_tokens", None), f"{type(settings).__name__}.max_tokens")
-    limits = []
-    for stage, name in zip(stages, names, strict=True):
-        known = [x for x in (output_limit_of(stage, name, given), cap) if x is not None]
-        limits.append(min(known) if known else None)
-    return Cascade(
-        names,
-        settings.thresholds,
-        settings.scorer,
-        prices=settings.prices,
-        return_policy=settings.return_policy,
-        tracker=settings.cost_tracker,
-        answer_cache=settings.answer_cache,
-        budget=settings.budget,
-        on_budget=settings.on_budget,
-        output_limits=limits,
-    )

@@ -8,12 +8,11 @@ import json
 import logging
 import pickle
 from decimal import Decimal
-from types import SimpleNamespace
 
 import pytest
 
 from shared_scorer import Cascade, CascadeError, ConfigurationError, StageOutput
-from shared_scorer.adapters.assemble import cascade_for
+from shared_scorer.adapters.settings import CascadeSettings
 from shared_scorer.budget import Budget, Limit, MemoryLedger
 from shared_scorer.context import CallContext, Scope, build_context
 from shared_scorer.errors import BudgetExceeded, FrugalError, LedgerError, StageFailure
@@ -114,8 +113,15 @@ class Stage:
             setattr(self, key, value)
 
 
+class StageSettings(CascadeSettings):
+    """The settings model both adapters are built on, over plain :class:`Stage` objects."""
+
+    _stage_type, _stage_kind = Stage, "a Stage"
+    _stage_name = staticmethod(lambda stage: stage.name)
+
+
 def settings(stages, budget=None, **extra):
-    return SimpleNamespace(
+    return dict(
         stages=stages,
         thresholds=[0.5] * (len(stages) - 1),
         scorer=lambda q, a: 0.1,
@@ -130,10 +136,10 @@ def settings(stages, budget=None, **extra):
 
 
 def build(config):
-    return cascade_for(config, is_stage=lambda s: isinstance(s, Stage), what="a Stage", name_of=lambda s: s.name)
+    return StageSettings(**config).cascade
 
 
-def test_cascade_for_finds_each_stages_limit_in_order():
+def test_settings_cascade_finds_each_stages_limit_in_order():
     stages = [
         Stage("given", max_tokens=10),  # the user's mapping wins over the stage's own field
         Stage("field", max_tokens=20),
@@ -146,7 +152,7 @@ def test_cascade_for_finds_each_stages_limit_in_order():
     assert cascade.output_limits == [5, 20, 30, 40, 50, None]
 
 
-def test_cascade_for_with_a_budget_names_the_stage_without_a_limit():
+def test_settings_cascade_with_a_budget_names_the_stage_without_a_limit():
     stages = [Stage("cheap", max_tokens=100), Stage("dear")]
     with pytest.raises(ConfigurationError) as info:
         build(settings(stages, budget=Recorder()))
@@ -157,7 +163,7 @@ def test_cascade_for_with_a_budget_names_the_stage_without_a_limit():
     assert cascade.output_limits == [100, 800]
 
 
-def test_cascade_for_counts_the_adapters_own_max_tokens_as_every_stages_cap():
+def test_settings_cascade_counts_the_adapters_own_max_tokens_as_every_stages_cap():
     stages = [Stage("cheap", max_tokens=100), Stage("dear")]
     cascade = build(settings(stages, budget=Recorder(), max_tokens=300))
     assert cascade.output_limits == [100, 300]
@@ -187,7 +193,8 @@ def test_a_hostile_output_limit_is_a_configuration_error(bad):
     with pytest.raises(ConfigurationError, match=r"output_limits\[0\]"):
         Cascade(["small"], [], lambda q, a: 1.0, prices=PRICES, output_limits=[bad])
     with pytest.raises(ConfigurationError, match="small"):
-        build(settings([Stage("small")], max_output_tokens={"small": bad}))
+        # the core's own check, behind pydantic's typing (which already refuses 2.5 and "abc")
+        StageSettings.model_construct(**settings([Stage("small")], max_output_tokens={"small": bad}))._build_cascade()
 
 
 def test_a_negative_input_bound_is_rejected():
