@@ -276,14 +276,16 @@ def candidate_value(
 
     The queries are cut in two halves (seeded); each half is measured with frontiers (with and without the
     candidate) searched on the other half, selected by budget as everywhere in ``advise``. ``value`` is the mean
-    over the budget fractions of the accuracy gain; the interval is the bootstrap's over queries.
+    over the budget fractions of the accuracy gain; the interval is the bootstrap's over the measured queries
+    (the chosen points held fixed, so it shows the measurement's noise, not the choice's).
     """
     if candidate not in models_of_table(table):
         raise ConfigurationError(f"candidate {candidate!r} is not a column of the table")
     if table.n < 4:
         raise DataError(f"the candidate answered {table.n} queries of the data: at least 4 are needed")
     ids = [str(i) for i in range(table.n)]
-    fold = np.array([fold_of(ids, 2, seed)[q] for q in ids])
+    halves_of = fold_of(ids, 2, seed)
+    fold = np.array([halves_of[q] for q in ids])
     halves = []
     for h in (0, 1):
         choose, measure = rows(table, np.flatnonzero(fold != h)), rows(table, np.flatnonzero(fold == h))
