@@ -226,3 +226,53 @@ def test_per_call_max_tokens_bounds_the_reservation(adapter):
         with pytest.raises(ConfigurationError, match="max_tokens"):
             call(max_tokens=bad)
     assert len(budget.reserved) == 3
+
+
+@pytest.mark.parametrize("adapter", ["langchain", "llamaindex"])
+def test_the_adapters_max_tokens_reaches_every_stage_request(adapter):
+    """``max_tokens=`` on either adapter is sent on every stage request (sync, async, streamed); a call's own
+    ``max_tokens`` wins, never above the adapter's."""
+    import asyncio
+
+    from shared_scorer.server.testing import make_record, replay_server
+
+    records = [make_record("hi", "hello", model=m, input_tokens=3, output_tokens=2) for m in ("small", "big")]
+    with replay_server(records) as server:
+        options: dict[str, Any] = {"scorer": lambda q, a: 0.0, "thresholds": [0.5], "max_tokens": 40}
+        options["prices"] = {"small": (1, 2), "big": (3, 4)}
+        if adapter == "langchain":
+            from langchain_openai import ChatOpenAI
+
+            stages = [
+                ChatOpenAI(model=m, base_url=server.base_url, api_key="t", max_retries=0) for m in ("small", "big")
+            ]
+            llm: Any = FrugalChatModel(stages=stages, **options)
+            calls = [
+                lambda: llm.invoke("hi"),
+                lambda: asyncio.run(llm.ainvoke("hi")),
+                lambda: list(llm.stream("hi")),
+                lambda: llm.invoke("hi", max_tokens=7),
+            ]
+        else:
+            from llama_index.llms.openai_like import OpenAILike
+
+            from frugal_llamaindex import FrugalLLM
+
+            stages = [
+                OpenAILike(model=m, api_base=server.base_url, api_key="t", is_chat_model=True, max_retries=0)
+                for m in ("small", "big")
+            ]
+            llm = FrugalLLM(stages=stages, **options)
+            calls = [
+                lambda: llm.complete("hi"),
+                lambda: asyncio.run(llm.acomplete("hi")),
+                lambda: list(llm.stream_complete("hi")),
+                lambda: llm.complete("hi", max_tokens=7),
+            ]
+        for call in calls:
+            call()
+        assert [(b.model, b.max_tokens) for b in server.bills] == [("small", 40), ("big", 40)] * 3 + [
+            ("small", 7),
+            ("big", 7),
+        ]
+        assert llm.cascade.output_limits == [40, 40]
