@@ -12,13 +12,17 @@
 Stores: :class:`SQLiteStore` (embedded, default) and :class:`ChromaStore` (a shared Chroma server).
 Verifiers: :class:`ConservativeVerifier` (default), :class:`FeatureVerifier` and :class:`PairVerifier`
 (trained with ``frugal train-cache-verifier``; ``AnswerCache(verifier=FOLDER)`` loads either).
+``AnswerCache(max_wrong_rate=0.05)`` sets an error bound instead of a threshold; callers report wrong or
+confirmed hits with :meth:`AnswerCache.feedback`. Lexical guards (:func:`guard`) run before any verifier.
 torch and transformers are imported only when a MiniLM embedder or a :class:`PairVerifier` is used.
 """
 
+from shared_scorer.cache.bound import OperatingPoint
 from shared_scorer.cache.cache import AnswerCache, normalise_query, query_hash
 from shared_scorer.cache.chroma_store import ChromaStore
 from shared_scorer.cache.embedders import Embedder, HashingEmbedder, LazyMiniLM, as_embedder
 from shared_scorer.cache.features import FeatureVerifier
+from shared_scorer.cache.guards import guard
 from shared_scorer.cache.index import VectorIndex
 from shared_scorer.cache.pairs import Pair, load_pairs, split_pairs
 from shared_scorer.cache.sqlite_store import SQLiteStore
@@ -36,6 +40,7 @@ __all__ = [
     "FeatureVerifier",
     "HashingEmbedder",
     "LazyMiniLM",
+    "OperatingPoint",
     "Pair",
     "PairVerifier",
     "SQLiteStore",
@@ -43,6 +48,7 @@ __all__ = [
     "VectorIndex",
     "Verifier",
     "as_embedder",
+    "guard",
     "lexically_same",
     "load_pairs",
     "load_verifier",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 import time
 import unicodedata
@@ -20,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from shared_scorer.cache.bound import EXACT_SCORE, EntryPolicy, OperatingPoint
 from shared_scorer.cache.embedders import Embedder, RecentMemo, as_embedder
+from shared_scorer.cache.guards import passes
 from shared_scorer.cache.sqlite_store import SQLiteStore
 from shared_scorer.cache.store import CacheStore, Entry, context_key, scope_key
-from shared_scorer.cache.verifier import ConservativeVerifier, Verifier
+from shared_scorer.cache.verifier import ConservativeVerifier, ThresholdedVerifier, Verifier
 from shared_scorer.context import CallContext, Scope
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.protocols import CacheHit
@@ -56,6 +59,11 @@ class AnswerCache:
     :class:`ConservativeVerifier` serves only near-verbatim rewordings; a trained one
     (:class:`FeatureVerifier` or :class:`PairVerifier`, from ``frugal train-cache-verifier``; a folder path
     is loaded) serves far more at a chosen wrong-hit rate.
+    ``max_wrong_rate`` (e.g. 0.05) is an error bound instead of a threshold: the operating point comes from
+    the verifier's validation curve, and each entry adapts to the feedback callers give on its hits
+    (:meth:`feedback`; the exact rule is in :mod:`shared_scorer.cache.bound`). Whatever the verifier, a
+    candidate a lexical guard rejects (other numbers, units, dates, negation, names or roles:
+    :mod:`shared_scorer.cache.guards`) is never served.
     ``semantic=False`` keeps exact matches only (no embedder is ever loaded). ``ttl_s`` bounds an entry's
     age; ``max_entries`` evicts the least recently used; ``strategy_id`` tags entries so that
     :meth:`invalidate` can drop those of an old strategy.
@@ -85,6 +93,9 @@ class AnswerCache:
         strategy_id: str = "",
         candidates: int = 4,
         clock: Callable[[], float] = time.time,
+        max_wrong_rate: float | None = None,
+        block_after: int = 2,
+        loosen_factor: float = 2.0,
     ) -> None:
         if ttl_s is not None and ttl_s <= 0:
             raise ConfigurationError(f"ttl_s must be > 0, got {ttl_s}")
@@ -92,6 +103,12 @@ class AnswerCache:
             raise ConfigurationError(f"max_entries must be >= 1, got {max_entries}")
         if candidates < 1:
             raise ConfigurationError(f"candidates must be >= 1, got {candidates}")
+        if max_wrong_rate is not None and not 0.0 < max_wrong_rate < 1.0:
+            raise ConfigurationError(f"max_wrong_rate must be in (0, 1), got {max_wrong_rate}")
+        if block_after < 1 or loosen_factor < 1.0:
+            raise ConfigurationError(
+                f"block_after must be >= 1 and loosen_factor >= 1, got {block_after} and {loosen_factor}"
+            )
         if store is None or isinstance(store, str | Path):
             store = SQLiteStore(store if store is not None else ":memory:")
         self.backend: CacheStore = store
@@ -110,9 +127,23 @@ class AnswerCache:
         self.strategy_id = strategy_id
         self.candidates = candidates
         self.clock = clock
+        self.max_wrong_rate = max_wrong_rate
+        loose = None
+        if max_wrong_rate is not None and isinstance(self.verifier, ThresholdedVerifier):
+            loose = _point(self.verifier, min(0.5, loosen_factor * max_wrong_rate))
+        self.policy = EntryPolicy(
+            _point(self.verifier, max_wrong_rate), loose=loose, max_wrong_rate=max_wrong_rate,
+            block_after=block_after,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
-        return f"AnswerCache(store={self.backend!r}, verifier={self.verifier!r}, semantic={self.semantic})"
+        bound = "" if self.max_wrong_rate is None else f", max_wrong_rate={self.max_wrong_rate}"
+        return f"AnswerCache(store={self.backend!r}, verifier={self.verifier!r}, semantic={self.semantic}{bound})"
+
+    @property
+    def operating_point(self) -> OperatingPoint:
+        """The global cosine floor and verifier threshold (entries adapt from it, see :meth:`feedback`)."""
+        return self.policy.point
 
     # ------------------------------------------------------------------ the hook
 
@@ -122,9 +153,9 @@ class AnswerCache:
         now = self.clock()
         key = context_key(context)
         exact = self.backend.get_exact(key, query_hash(query), now, tenant=context.scope.tenant)
-        if exact is not None and exact.matches(context) and exact.live(now):
-            return self._hit(exact, 1.0, now)
-        if self.embedder is None:
+        if exact is not None and exact.matches(context) and exact.live(now) and self.policy.exact_allowed(exact):
+            return self._hit(exact, 1.0, now, EXACT_SCORE)
+        if self.embedder is None or self.policy.search_floor > 1.0:
             return None
         vector = self.embedder.embed([query])[0]
         found = self.backend.search(
@@ -132,20 +163,32 @@ class AnswerCache:
             vector,
             tenant=context.scope.tenant,
             k=self.candidates,
-            min_similarity=self.verifier.min_similarity,
+            min_similarity=self.policy.search_floor,
             now=now,
         )
-        found = [(e, s) for e, s in found if e.matches(context) and e.live(now)]
-        if not found:
+        # scope, age, the entry's own point, then the lexical guards: all before any verifier runs
+        points = [(e, s, self.policy.for_entry(e)) for e, s in found if e.matches(context) and e.live(now)]
+        kept = [(e, s, p) for e, s, p in points if p is not None and s >= p.min_similarity and passes(query, e.query)]
+        if not kept:
             return None
-        accepted = self.verifier.confirm(query, [e.query for e, _ in found], [s for _, s in found])
-        for (entry, similarity), ok in zip(found, accepted, strict=True):
-            if ok:
-                return self._hit(entry, similarity, now)
+        scores = self.scores(query, [e.query for e, _, _ in kept], [s for _, s, _ in kept])
+        for (entry, similarity, point), score in zip(kept, scores, strict=True):
+            if score >= point.threshold:
+                return self._hit(entry, similarity, now, float(score))
         return None
 
-    def _hit(self, entry: Entry, similarity: float, now: float) -> CacheHit:
-        self.backend.touch(entry.id, now)
+    def scores(self, query: str, cached: list[str], similarities: list[float]) -> list[float]:
+        """The verifier's score of each candidate, compared with the operating point's threshold: P(same
+        question) for a trained verifier, the cosine (``-inf`` when its lexical check fails) for the
+        conservative one, 1.0 or ``-inf`` for any other verifier's ``confirm``."""
+        if isinstance(self.verifier, ThresholdedVerifier):
+            return [float(p) for p in self.verifier.probabilities(cached, [query] * len(cached))]
+        if isinstance(self.verifier, ConservativeVerifier):
+            return [float(x) for x in self.verifier.scores([query] * len(cached), cached, similarities)]
+        return [1.0 if ok else -math.inf for ok in self.verifier.confirm(query, cached, similarities)]
+
+    def _hit(self, entry: Entry, similarity: float, now: float, score: float) -> CacheHit:
+        self.backend.touch(entry.id, now, score)
         return CacheHit(
             entry_id=entry.id,
             answer=entry.answer,
@@ -190,6 +233,34 @@ class AnswerCache:
             self.backend.purge_expired(now)
         if self.max_entries is not None:
             self.backend.evict(self.max_entries)
+
+    # ------------------------------------------------------------------ feedback
+
+    def feedback(self, hit: CacheHit | str, correct: bool, context: CallContext) -> dict[str, Any] | None:
+        """Say whether a served hit was right: ``hit`` is the :class:`CacheHit` (or its ``entry_id``, as in
+        an adapter's trail: ``cache_hit.entry_id``), ``context`` the scope it was served in.
+
+        A wrong hit tightens that entry (it serves only candidates scoring above the score of its last
+        hit; after ``block_after`` wrong marks, no semantic hit; a wrong exact hit: nothing); confirmed hits
+        may loosen it within ``max_wrong_rate`` (rule: :mod:`shared_scorer.cache.bound`). The counts
+        persist in the store. Returns the entry's new state (:meth:`entry_state`), or ``None`` when no
+        entry of that id lives in ``context``'s scope: feedback from another scope changes nothing.
+        """
+        entry_id = hit if isinstance(hit, str) else hit.entry_id
+        key = context_key(context)
+        entry = self.backend.record_feedback(entry_id, key, tenant=context.scope.tenant, correct=bool(correct))
+        if entry is None or not entry.matches(context):
+            return None
+        return self.policy.state(entry)
+
+    async def afeedback(self, hit: CacheHit | str, correct: bool, context: CallContext) -> dict[str, Any] | None:
+        """:meth:`feedback` off the event loop."""
+        return await asyncio.to_thread(self.feedback, hit, correct, context)
+
+    def entry_state(self, entry_id: str, context: CallContext) -> dict[str, Any] | None:
+        """An entry's feedback counts and its own operating point (``None`` outside ``context``'s scope)."""
+        entry = self.backend.get_entry(entry_id, context_key(context), tenant=context.scope.tenant)
+        return None if entry is None or not entry.matches(context) else self.policy.state(entry)
 
     async def alookup(self, query: str, context: CallContext) -> CacheHit | None:
         """:meth:`lookup` off the event loop (embedding and SQLite are blocking)."""
@@ -238,3 +309,25 @@ class AnswerCache:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _point(verifier: Verifier, max_wrong_rate: float | None) -> OperatingPoint:
+    """The global operating point: from the verifier's validation curve when a bound is given, else the
+    verifier's own saved point. The conservative verifier has one fixed point; it is kept when the bound is
+    at least its measured wrong-hit share, otherwise semantic hits are off (exact matches only)."""
+    if isinstance(verifier, ThresholdedVerifier):
+        if max_wrong_rate is None:
+            return OperatingPoint(verifier.min_similarity, verifier.threshold)
+        chosen = verifier.operating_point(max_wrong_rate)
+        return OperatingPoint(chosen["min_similarity"], chosen["threshold"], chosen["wrong_hit_share"])
+    if isinstance(verifier, ConservativeVerifier):
+        point = OperatingPoint(verifier.min_similarity, verifier.min_similarity, verifier.estimated_wrong_share)
+        if max_wrong_rate is not None and max_wrong_rate < verifier.estimated_wrong_share:
+            return OperatingPoint(math.inf, math.inf, 0.0)
+        return point
+    if max_wrong_rate is not None:
+        raise ConfigurationError(
+            f"{verifier!r} has no validation curve: max_wrong_rate needs a trained verifier "
+            "(frugal train-cache-verifier) or the default ConservativeVerifier"
+        )
+    return OperatingPoint(verifier.min_similarity, 1.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -33,6 +34,10 @@ def _meta(entry: Entry, last_used: float) -> dict[str, Any]:
     }  # fmt: skip
     if entry.score is not None:
         meta["score"] = float(entry.score)
+    meta["confirmed"], meta["wrong"] = entry.confirmed, entry.wrong
+    for name in ("wrong_score", "last_score"):
+        if getattr(entry, name) is not None:
+            meta[name] = float(getattr(entry, name))
     return meta
 
 
@@ -43,7 +48,8 @@ def _entry(entry_id: str, answer: str, meta: dict[str, Any]) -> Entry:
         fingerprint=meta["fingerprint"], strategy_id=meta["strategy_id"], query=meta["query"],
         query_hash=meta["query_hash"], answer=answer, model=meta["model"], score=meta.get("score"),
         cost_usd=Decimal(meta["cost_usd"]), created_at=float(meta["created_at"]),
-        expires_at=None if expires >= NEVER else expires,
+        expires_at=None if expires >= NEVER else expires, confirmed=int(meta.get("confirmed", 0)),
+        wrong=int(meta.get("wrong", 0)), wrong_score=meta.get("wrong_score"), last_score=meta.get("last_score"),
     )  # fmt: skip
 
 
@@ -111,11 +117,40 @@ class ChromaStore:
         )
         self._entry_tenant[entry.id] = entry.tenant
 
-    def touch(self, entry_id: str, now: float) -> None:
+    def touch(self, entry_id: str, now: float, score: float | None = None) -> None:
         tenant = self._entry_tenant.get(entry_id)
         collection = None if tenant is None else self._collection(tenant, create=False)
         if collection is not None:
-            collection.update(ids=[entry_id], metadatas=[{"last_used": now}])
+            meta: dict[str, Any] = {"last_used": now}
+            if score is not None:
+                meta["last_score"] = float(score)
+            collection.update(ids=[entry_id], metadatas=[meta])
+
+    def get_entry(self, entry_id: str, scope_key: str, *, tenant: str) -> Entry | None:
+        collection = self._collection(tenant, create=False)
+        if collection is None:
+            return None
+        got = collection.get(ids=[entry_id], where={"scope_key": scope_key}, include=["metadatas", "documents"])
+        if not got["ids"]:
+            return None
+        self._entry_tenant[entry_id] = tenant
+        return _entry(got["ids"][0], got["documents"][0], dict(got["metadatas"][0]))
+
+    def record_feedback(self, entry_id: str, scope_key: str, *, tenant: str, correct: bool) -> Entry | None:
+        """Read, count, write back (Chroma has no transactions: two replicas giving feedback on one entry
+        at the same instant may lose one count; a wrong mark is never lost to a confirmation, as a wrong
+        mark writes ``wrong_score``, which only grows)."""
+        entry = self.get_entry(entry_id, scope_key, tenant=tenant)
+        if entry is None:
+            return None
+        if correct:
+            meta: dict[str, Any] = {"confirmed": entry.confirmed + 1}
+        else:
+            score = 2.0 if entry.last_score is None else entry.last_score
+            meta = {"wrong": entry.wrong + 1, "wrong_score": max(score, entry.wrong_score or -1e300)}
+        collection = self._collection(tenant, create=False)
+        collection.update(ids=[entry_id], metadatas=[meta])
+        return replace(entry, **meta)
 
     def delete(
         self,

@@ -26,7 +26,9 @@ from shared_scorer.cache.verifier import (
     _STOP,
     ThresholdedVerifier,
     _words,
+    calibration_record,
     choose_operating_point,
+    guarded,
 )
 from shared_scorer.errors import CheckpointError, DataError
 
@@ -162,9 +164,17 @@ class FeatureVerifier(ThresholdedVerifier):
         verifier = cls(weights, biases, threshold=1.0, min_similarity=1.0, embedder=model)
         probs = verifier.predict(x[val_mask])
         sims = x[val_mask][:, 2 * u.shape[1]]
-        point = choose_operating_point(probs, sims, y[val_mask], target_wrong_share=target_wrong_share, z=margin_z)
+        val_first = [t for t, m in zip(first, val_mask, strict=True) if m]
+        val_second = [t for t, m in zip(second, val_mask, strict=True) if m]
+        point = choose_operating_point(
+            guarded(probs, val_first, val_second),
+            sims,
+            y[val_mask],
+            target_wrong_share=target_wrong_share,
+            z=margin_z,
+        )
         verifier.threshold, verifier.min_similarity = point["threshold"], point["min_similarity"]
-        hits = (sims >= verifier.min_similarity) & (probs >= verifier.threshold)
+        hits = (sims >= verifier.min_similarity) & (guarded(probs, val_first, val_second) >= verifier.threshold)
         report = {
             "kind": "features",
             "fit_pairs": int((~val_mask).sum()),
@@ -176,7 +186,10 @@ class FeatureVerifier(ThresholdedVerifier):
             "train_seconds": round(time.perf_counter() - started, 1),
             "hidden": list(hidden),
         }
-        verifier.info = {"embedder": repr(model), "report": report}
+        verifier.info = {
+            "embedder": repr(model), "report": report,
+            "calibration": calibration_record(probs, sims, y[val_mask], val_first, val_second, margin_z),
+        }  # fmt: skip
         return verifier, report
 
     def save(self, folder: str | Path) -> Path:

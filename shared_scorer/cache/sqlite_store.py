@@ -24,7 +24,8 @@ from shared_scorer.cache.index import VectorIndex
 from shared_scorer.cache.store import Entry
 from shared_scorer.errors import ConfigurationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: per-entry feedback (confirmed, wrong, wrong_score, last_score); a version-1 file is upgraded."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -45,7 +46,11 @@ CREATE TABLE IF NOT EXISTS entries (
     expires_at REAL,
     last_used REAL NOT NULL,
     hits INTEGER NOT NULL DEFAULT 0,
-    vector BLOB
+    vector BLOB,
+    confirmed INTEGER NOT NULL DEFAULT 0,
+    wrong INTEGER NOT NULL DEFAULT 0,
+    wrong_score REAL,
+    last_score REAL
 );
 CREATE INDEX IF NOT EXISTS entries_exact ON entries (scope_key, query_hash);
 CREATE INDEX IF NOT EXISTS entries_lru ON entries (last_used);
@@ -57,6 +62,9 @@ _COLUMNS = (
     "id, scope_key, tenant, user_id, fingerprint, strategy_id, query, query_hash, answer, model, score, "
     "cost_usd, created_at, expires_at"
 )
+_READ = _COLUMNS + ", confirmed, wrong, wrong_score, last_score"
+_FEEDBACK_COLUMNS = (("confirmed", "INTEGER NOT NULL DEFAULT 0"), ("wrong", "INTEGER NOT NULL DEFAULT 0"),
+                     ("wrong_score", "REAL"), ("last_score", "REAL"))  # fmt: skip
 
 
 def _entry(row: Sequence[Any]) -> Entry:
@@ -64,6 +72,7 @@ def _entry(row: Sequence[Any]) -> Entry:
         id=row[0], scope_key=row[1], tenant=row[2], user=row[3], fingerprint=row[4], strategy_id=row[5],
         query=row[6], query_hash=row[7], answer=row[8], model=row[9], score=row[10],
         cost_usd=Decimal(row[11]), created_at=row[12], expires_at=row[13],
+        confirmed=row[14], wrong=row[15], wrong_score=row[16], last_score=row[17],
     )  # fmt: skip
 
 
@@ -98,6 +107,13 @@ class SQLiteStore:
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('deletions', 0)")
             version = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+            if version == 1:  # add the feedback columns (entries keep their answers; counts start at 0)
+                have = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
+                for column, kind in _FEEDBACK_COLUMNS:
+                    if column not in have:
+                        conn.execute(f"ALTER TABLE entries ADD COLUMN {column} {kind}")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+                version = SCHEMA_VERSION
         if version != SCHEMA_VERSION:
             raise ConfigurationError(f"{self.path}: cache schema version {version}, expected {SCHEMA_VERSION}")
         self._index = VectorIndex()
@@ -164,9 +180,31 @@ class SQLiteStore:
                 self._index.dim = int(row[0]) // 4
         return self._index.dim
 
-    def touch(self, entry_id: str, now: float) -> None:
+    def touch(self, entry_id: str, now: float, score: float | None = None) -> None:
         with self._write() as conn:
-            conn.execute("UPDATE entries SET last_used = ?, hits = hits + 1 WHERE id = ?", (now, entry_id))
+            conn.execute(
+                "UPDATE entries SET last_used = ?, hits = hits + 1, last_score = coalesce(?, last_score) WHERE id = ?",
+                (now, score, entry_id),
+            )
+
+    def get_entry(self, entry_id: str, scope_key: str, *, tenant: str = "") -> Entry | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_READ} FROM entries WHERE id = ? AND scope_key = ?", (entry_id, scope_key)
+            ).fetchone()
+        return None if row is None else _entry(row)
+
+    def record_feedback(self, entry_id: str, scope_key: str, *, tenant: str = "", correct: bool) -> Entry | None:
+        """One transaction: the count and ``wrong_score`` change together, whatever other processes do."""
+        if correct:
+            update = "confirmed = confirmed + 1"
+        else:
+            update = "wrong = wrong + 1, wrong_score = max(coalesce(wrong_score, -1e300), coalesce(last_score, 2.0))"
+        with self._write() as conn:
+            row = conn.execute(
+                f"UPDATE entries SET {update} WHERE id = ? AND scope_key = ? RETURNING {_READ}", (entry_id, scope_key)
+            ).fetchone()
+        return None if row is None else _entry(row)
 
     def _delete_where(self, where: str, params: Sequence[Any]) -> int:
         with self._write() as conn:
@@ -222,7 +260,7 @@ class SQLiteStore:
     def get_exact(self, scope_key: str, query_hash: str, now: float, *, tenant: str = "") -> Entry | None:
         with self._lock:
             row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM entries WHERE scope_key = ? AND query_hash = ? "
+                f"SELECT {_READ} FROM entries WHERE scope_key = ? AND query_hash = ? "
                 "AND (expires_at IS NULL OR expires_at > ?) ORDER BY rowid DESC LIMIT 1",
                 (scope_key, query_hash, now),
             ).fetchone()
@@ -245,7 +283,7 @@ class SQLiteStore:
                 return []
             marks = ", ".join("?" * len(found))
             rows = self._conn.execute(
-                f"SELECT rowid, {_COLUMNS} FROM entries WHERE rowid IN ({marks})", [i for i, _ in found]
+                f"SELECT rowid, {_READ} FROM entries WHERE rowid IN ({marks})", [i for i, _ in found]
             ).fetchall()
         by_rowid = {row[0]: _entry(row[1:]) for row in rows}
         return [(by_rowid[i], sim) for i, sim in found if i in by_rowid]

@@ -22,7 +22,13 @@ from shared_scorer.cache.embedders import Embedder, as_embedder
 from shared_scorer.cache.features import FORMAT as FEATURES_FORMAT
 from shared_scorer.cache.features import FeatureVerifier
 from shared_scorer.cache.pairs import Pair, hit_figures
-from shared_scorer.cache.verifier import PairVerifier, ThresholdedVerifier, choose_operating_point
+from shared_scorer.cache.verifier import (
+    PairVerifier,
+    ThresholdedVerifier,
+    calibration_record,
+    choose_operating_point,
+    guarded,
+)
 from shared_scorer.errors import CheckpointError, DataError
 from shared_scorer.scoring.training import sigmoid
 
@@ -118,9 +124,11 @@ class StackedVerifier(ThresholdedVerifier):
         probs = verifier.combine(x[:, 0], x[:, 1])
         vectors = model.embed([t for p in val for t in (p.cached, p.incoming)])
         sims = np.einsum("ij,ij->i", vectors[0::2], vectors[1::2])
-        point = choose_operating_point(probs, sims, y, target_wrong_share=target_wrong_share, z=margin_z)
+        point = choose_operating_point(
+            guarded(probs, first, second), sims, y, target_wrong_share=target_wrong_share, z=margin_z
+        )
         verifier.threshold, verifier.min_similarity = point["threshold"], point["min_similarity"]
-        hits = (sims >= verifier.min_similarity) & (probs >= verifier.threshold)
+        hits = (sims >= verifier.min_similarity) & (guarded(probs, first, second) >= verifier.threshold)
         report = {
             "kind": "stacked",
             "val_pairs": len(val),
@@ -133,7 +141,7 @@ class StackedVerifier(ThresholdedVerifier):
             "train_seconds": round(time.perf_counter() - started, 1),
             "parts": {"pair": pair_report.get("val_auroc", "reused"), "features": feature_report["val_auroc"]},
         }
-        verifier.info = {"report": report}
+        verifier.info = {"report": report, "calibration": calibration_record(probs, sims, y, first, second, margin_z)}
         return verifier, report
 
     def save(self, folder: str | Path) -> Path:

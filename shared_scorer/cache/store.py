@@ -49,6 +49,15 @@ class Entry:
     created_at: float
     expires_at: float | None
     """POSIX time after which the entry is never served; ``None``: no TTL."""
+    confirmed: int = 0
+    """Hits of this entry the caller confirmed (:meth:`AnswerCache.feedback`)."""
+    wrong: int = 0
+    """Hits of this entry the caller marked wrong."""
+    wrong_score: float | None = None
+    """The highest verifier score at which a hit of this entry was marked wrong (``None``: never); the
+    entry then serves only candidates scoring strictly above it (2.0: an exact hit was wrong, never serve)."""
+    last_score: float | None = None
+    """The verifier score of this entry's last hit (2.0 for an exact hit)."""
 
     def matches(self, context: CallContext) -> bool:
         """Whether this entry belongs to exactly the scope and fingerprint of ``context``."""
@@ -83,8 +92,18 @@ class CacheStore(Protocol):
         """Up to ``k`` live entries of ``scope_key`` with cosine >= ``min_similarity``, best first."""
         ...
 
-    def touch(self, entry_id: str, now: float) -> None:
-        """Record a hit (for least-recently-used eviction)."""
+    def touch(self, entry_id: str, now: float, score: float | None = None) -> None:
+        """Record a hit (for least-recently-used eviction) and the verifier ``score`` it was served at."""
+        ...
+
+    def get_entry(self, entry_id: str, scope_key: str, *, tenant: str) -> Entry | None:
+        """Entry ``entry_id`` if it belongs to ``scope_key`` (else ``None``, as if it did not exist)."""
+        ...
+
+    def record_feedback(self, entry_id: str, scope_key: str, *, tenant: str, correct: bool) -> Entry | None:
+        """Count one confirmed (``correct``) or wrong hit on entry ``entry_id`` of ``scope_key``; a wrong one
+        also raises ``wrong_score`` to the entry's ``last_score``. Returns the updated entry, or ``None``
+        when no entry of that id lives in that scope (nothing is changed)."""
         ...
 
     def delete(

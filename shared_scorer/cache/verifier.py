@@ -99,6 +99,10 @@ class ConservativeVerifier:
     [True, False]
     """
 
+    estimated_wrong_share = 0.05
+    """Its wrong-hit share measured on the QQP dev pairs (``frugal cache-bench``); with
+    ``AnswerCache(max_wrong_rate=...)`` below it, the cache serves exact matches only."""
+
     def __init__(self, min_similarity: float = 0.98, min_overlap: float = 0.8) -> None:
         if not 0.0 < min_similarity <= 1.0:
             raise ConfigurationError(f"min_similarity must be in (0, 1], got {min_similarity}")
@@ -126,10 +130,36 @@ class ConservativeVerifier:
 
 class ThresholdedVerifier:
     """Shared by trained verifiers: confirm a candidate when its cosine reaches ``min_similarity`` and its
-    ``probabilities`` (P(same question), defined by the subclass) reaches ``threshold``."""
+    ``probabilities`` (P(same question), defined by the subclass) reaches ``threshold``.
+
+    A verifier trained by this version also carries its validation curve (``info["calibration"]``: the
+    probability, cosine, label and guard verdict of each validation pair), from which
+    :meth:`operating_point` picks the point for any error bound."""
 
     threshold: float
     min_similarity: float
+    info: dict[str, Any]
+
+    def operating_point(self, max_wrong_rate: float) -> dict[str, float]:
+        """The cosine floor and threshold serving the most validation duplicates while the wrong-hit share
+        (its Wilson upper bound at the verifier's ``margin_z``; pairs a guard rejects never hit) stays
+        <= ``max_wrong_rate`` (:func:`choose_operating_point`)."""
+        cal = (getattr(self, "info", None) or {}).get("calibration")
+        if not isinstance(cal, dict):
+            raise ConfigurationError(
+                f"{self!r} carries no validation curve (trained before error bounds), so max_wrong_rate cannot "
+                "pick its operating point: train it again with frugal train-cache-verifier"
+            )
+        try:
+            probs = np.asarray(cal["probs"], dtype=float)
+            keep = np.asarray(cal["guard_passes"], dtype=bool)
+            return choose_operating_point(
+                np.where(keep, probs, -np.inf), np.asarray(cal["sims"], dtype=float),
+                np.asarray(cal["duplicate"], dtype=bool), target_wrong_share=max_wrong_rate,
+                z=float(cal["margin_z"]),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{self!r}: corrupt validation curve ({exc})") from None
 
     def probabilities(self, first: Sequence[str], second: Sequence[str]) -> np.ndarray:
         raise NotImplementedError
@@ -313,6 +343,34 @@ def _finite(value: Any) -> Any:
     return str(value)
 
 
+def calibration_record(
+    probs: np.ndarray,
+    sims: np.ndarray,
+    duplicate: np.ndarray,
+    first: Sequence[str],
+    second: Sequence[str],
+    margin_z: float,
+) -> dict[str, Any]:
+    """The validation curve a trained verifier saves (see :meth:`ThresholdedVerifier.operating_point`)."""
+    from shared_scorer.cache.guards import passes
+
+    return {
+        "probs": [round(float(p), 7) for p in probs],
+        "sims": [round(float(s), 6) for s in sims],
+        "duplicate": [bool(d) for d in duplicate],
+        "guard_passes": [passes(a, b) for a, b in zip(first, second, strict=True)],
+        "margin_z": float(margin_z),
+    }
+
+
+def guarded(probs: np.ndarray, first: Sequence[str], second: Sequence[str]) -> np.ndarray:
+    """``probs`` with ``-inf`` where a lexical guard rejects the pair (it can never be served)."""
+    from shared_scorer.cache.guards import passes
+
+    keep = np.array([passes(a, b) for a, b in zip(first, second, strict=True)], dtype=bool)
+    return np.where(keep, np.asarray(probs, dtype=float), -np.inf)
+
+
 def choose_operating_point(
     probs: np.ndarray,
     sims: np.ndarray,
@@ -347,7 +405,7 @@ def choose_operating_point(
         )
         # a threshold can only cut between distinct probabilities: consider the last row of each tie run
         cut = np.r_[p[1:] < p[:-1], True]
-        ok = np.flatnonzero(cut & (upper <= target_wrong_share) & (hits >= min_hits))
+        ok = np.flatnonzero(cut & (upper <= target_wrong_share) & (hits >= min_hits) & np.isfinite(p))
         if len(ok) == 0:
             continue
         i = int(ok[-1])

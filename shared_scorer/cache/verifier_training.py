@@ -19,7 +19,7 @@ import numpy as np
 
 from shared_scorer.cache.embedders import as_embedder
 from shared_scorer.cache.pairs import Pair, hit_figures
-from shared_scorer.cache.verifier import PairVerifier, choose_operating_point
+from shared_scorer.cache.verifier import PairVerifier, calibration_record, choose_operating_point, guarded
 from shared_scorer.errors import ConfigurationError, DataError
 
 
@@ -100,11 +100,13 @@ def train_verifier(
     probs = verifier.calibrator.apply(logits)
     vectors = as_embedder(embedder).embed([t for p in val for t in (p.cached, p.incoming)])
     sims = np.einsum("ij,ij->i", vectors[0::2], vectors[1::2])
+    val_first, val_second = [p.cached for p in val], [p.incoming for p in val]
     point = choose_operating_point(
-        probs, sims, labels.astype(bool), target_wrong_share=config.target_wrong_share, z=config.margin_z
-    )
+        guarded(probs, val_first, val_second), sims, labels.astype(bool),
+        target_wrong_share=config.target_wrong_share, z=config.margin_z,
+    )  # fmt: skip
     verifier.threshold, verifier.min_similarity = point["threshold"], point["min_similarity"]
-    hits = (sims >= verifier.min_similarity) & (probs >= verifier.threshold)
+    hits = (sims >= verifier.min_similarity) & (guarded(probs, val_first, val_second) >= verifier.threshold)
     report = {
         "fit_pairs": len(fit),
         "val_pairs": len(val),
@@ -114,7 +116,10 @@ def train_verifier(
         "train_seconds": round(time.perf_counter() - started, 1),
         "config": asdict(config),
     }
-    verifier.info = {"backbone": backbone.name, "report": report}
+    verifier.info = {
+        "backbone": backbone.name, "report": report,
+        "calibration": calibration_record(probs, sims, labels, val_first, val_second, config.margin_z),
+    }  # fmt: skip
     return verifier, report
 
 

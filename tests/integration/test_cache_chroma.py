@@ -88,9 +88,25 @@ def test_replicas_share_hits_exact_and_semantic(chroma):
     exact = two.lookup("how tall is mount everest", ANN)
     assert exact is not None and exact.answer == "8849 m" and exact.similarity == 1.0
     assert exact.saved_usd == Decimal("0.003") and exact.model == "small"
-    semantic = two.lookup("How tall is Mount Everest, in metres?", ANN)
+    semantic = two.lookup("How tall is Mount Everest exactly?", ANN)  # "in metres" would add a unit: guarded
     assert semantic is not None and semantic.answer == "8849 m" and 0.5 <= semantic.similarity < 1.0
     assert len(two) == 1
+
+
+def test_feedback_counts_live_on_the_server_and_stay_in_their_scope(chroma):
+    one, two = replica(chroma, "t5"), replica(chroma, "t5")
+    put(one, "How tall is Mount Everest?", "8849 m")
+    hit = two.lookup("How tall is Mount Everest exactly?", ANN)
+    assert hit is not None
+    assert two.feedback(hit.entry_id, False, CallContext(Scope("acme", "bob"), "fp")) is None  # another user
+    assert one.entry_state(hit.entry_id, ANN)["wrong"] == 0
+    state = two.feedback(hit, False, ANN)
+    assert state is not None and (state["wrong"], state["wrong_score"]) == (1, 1.0)
+    seen = one.entry_state(hit.entry_id, ANN)  # the other replica reads the same counts
+    assert seen is not None and (seen["wrong"], seen["wrong_score"], seen["threshold"]) == (1, 1.0, 1.0 + 2**-52)
+    assert one.lookup("How tall is Mount Everest exactly?", ANN) is None  # a confirm-only verifier scores 1.0
+    assert one.lookup("how tall is mount everest", ANN) is not None  # the exact question still hits
+    assert one.feedback(hit.entry_id, True, ANN)["confirmed"] == 1
 
 
 def test_scopes_never_cross_on_the_server(chroma):
