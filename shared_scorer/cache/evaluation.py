@@ -26,7 +26,7 @@ from shared_scorer.cache.embedders import Embedder, as_embedder
 from shared_scorer.cache.pairs import Pair, hit_figures, pr_curve
 from shared_scorer.cache.sqlite_store import SQLiteStore
 from shared_scorer.cache.store import Entry, scope_key
-from shared_scorer.cache.verifier import ConservativeVerifier
+from shared_scorer.cache.verifier import ConservativeVerifier, guarded
 from shared_scorer.context import CallContext, Scope
 from shared_scorer.errors import DataError
 
@@ -74,9 +74,12 @@ def _ms(samples: Sequence[float]) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(values, 50)), 3), "p99_ms": round(float(np.percentile(values, 99)), 3)}
 
 
-def quality(pairs: Sequence[Pair], embedder: MemoEmbedder, verifier: Any) -> dict[str, Any]:
-    """Duplicate hit rate, wrong-hit share and precision-recall curve of one verifier on ``pairs``."""
-    cache = AnswerCache(embedder=embedder, verifier=verifier)
+def quality(
+    pairs: Sequence[Pair], embedder: MemoEmbedder, verifier: Any, max_wrong_rate: float | None = None
+) -> dict[str, Any]:
+    """Duplicate hit rate, wrong-hit share and precision-recall curve of one verifier on ``pairs`` (under
+    the error bound ``max_wrong_rate``, if given), and the verifier's time per candidate."""
+    cache = AnswerCache(embedder=embedder, verifier=verifier, max_wrong_rate=max_wrong_rate)
     store = cache.backend
     assert isinstance(store, SQLiteStore)
     contexts = [CallContext(Scope(f"pair-{i}", "bench"), "fp") for i in range(len(pairs))]
@@ -93,11 +96,24 @@ def quality(pairs: Sequence[Pair], embedder: MemoEmbedder, verifier: Any) -> dic
     a, b = embedder.embed([p.cached for p in pairs]), embedder.embed([p.incoming for p in pairs])
     sims = np.einsum("ij,ij->i", a, b)
     scores = verifier.scores([p.incoming for p in pairs], [p.cached for p in pairs], sims)
+    scores = guarded(scores, [p.cached for p in pairs], [p.incoming for p in pairs])
     exact = np.array([query_hash(p.cached) == query_hash(p.incoming) for p in pairs])
     scores[exact] = 2.0  # above any cosine or probability: exact matches are served first
     figures = hit_figures(hits, duplicate)
+    point = cache.operating_point
+    figures["max_wrong_rate"] = max_wrong_rate
+    figures["operating_point"] = {
+        "min_similarity": point.min_similarity, "threshold": point.threshold,
+        "validation_wrong_hit_share": point.estimated_wrong_share,
+    }  # fmt: skip
     figures["exact_hits"] = int(exact.sum())
     figures["lookup_with_verifier"] = _ms(times)
+    per_candidate = []
+    for pair, sim in list(zip(pairs, sims, strict=True))[:200]:
+        started = time.perf_counter()
+        cache.scores(pair.incoming, [pair.cached], [float(sim)])
+        per_candidate.append(time.perf_counter() - started)
+    figures["verifier_per_candidate"] = _ms(per_candidate)
     figures["precision_recall"] = pr_curve(scores, duplicate)
     cache.close()
     return figures
@@ -165,8 +181,13 @@ def run_bench(
     sizes: Sequence[int] = (10_000, 100_000),
     latency_queries: int = 500,
     seed: int = 0,
+    max_wrong_rate: float | None = None,
 ) -> dict[str, Any]:
-    """The figures of ``frugal cache-bench`` as a JSON-ready dict."""
+    """The figures of ``frugal cache-bench`` as a JSON-ready dict.
+
+    At the top level, for the trained verifier (the default one without): ``duplicate_hit_rate`` and
+    ``wrong_hit_share`` under ``max_wrong_rate``, ``lookup_ms`` (p50/p99 per store size, embedding and
+    verifier apart) and ``verifier_ms_per_candidate``."""
     inner = as_embedder(embedder)
     texts = [t for p in pairs for t in (p.cached, p.incoming)]
     memo = MemoEmbedder(inner, texts, vectors)
@@ -190,8 +211,21 @@ def run_bench(
     }
     for name, v in verifiers.items():
         started = time.perf_counter()
-        result[name] = {"verifier": repr(v), **quality(pairs, memo, v)}
+        result[name] = {"verifier": repr(v), **quality(pairs, memo, v, max_wrong_rate)}
         result[name]["seconds"] = round(time.perf_counter() - started, 1)
+    main = result["trained_verifier" if verifier is not None else "conservative_default"]
+    result.update(
+        {
+            "max_wrong_rate": max_wrong_rate,
+            "verifier": main["verifier"],
+            "duplicate_hit_rate": main["duplicate_hit_rate"],
+            "wrong_hit_share": main["wrong_hit_share"],
+            "hits": main["hits"],
+            "wrong_hits": main["wrong_hits"],
+            "duplicates": main["duplicates"],
+            "verifier_ms_per_candidate": main["verifier_per_candidate"],
+        }
+    )
     duplicate = np.array([p.duplicate for p in pairs])
     a, b = memo.embed([p.cached for p in pairs]), memo.embed([p.incoming for p in pairs])
     sims = np.einsum("ij,ij->i", a, b)
@@ -200,11 +234,13 @@ def run_bench(
         base = np.stack([memo.table[t] for t in dict.fromkeys(p.cached for p in pairs)])
         rng = np.random.default_rng(seed)
         queries = b[rng.permutation(len(b))[:latency_queries]]
-        floor = verifier.min_similarity if verifier is not None else ConservativeVerifier().min_similarity
+        floor = float(main["operating_point"]["min_similarity"])
+        floor = floor if floor <= 1.0 else ConservativeVerifier().min_similarity
         with tempfile.TemporaryDirectory() as folder:
             result["latency"] = [
                 latency(base, queries, n, min_similarity=floor, seed=seed, folder=Path(folder)) for n in sizes
             ]
+        result["lookup_ms"] = {str(row["entries"]): row["lookup_without_embedding"] for row in result["latency"]}
     result["machine"] = {
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),

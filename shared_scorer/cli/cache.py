@@ -82,6 +82,14 @@ def add_parsers(subparsers: Any) -> None:
     bench.add_argument("--pairs", type=Path, required=True)
     bench.add_argument("--json", type=Path, required=True, help="write the figures here")
     bench.add_argument("--verifier", type=Path, help="a folder written by train-cache-verifier")
+    bench.add_argument(
+        "--max-wrong-rate",
+        type=fraction,
+        default=None,
+        help="error bound: the operating point comes from the verifier's validation curve (as "
+        "AnswerCache(max_wrong_rate=...)); the JSON's top-level duplicate_hit_rate and wrong_hit_share are "
+        "measured under it",
+    )
     bench.add_argument("--split", choices=("all", "heldout", "train"), default="all")
     bench.add_argument("--heldout-fraction", type=fraction, default=0.2)
     bench.add_argument("--limit", type=positive_int, help="use the first N pairs (after the split)")
@@ -176,8 +184,12 @@ def run_cache_bench(args: argparse.Namespace) -> int:
         sizes=args.sizes,
         latency_queries=args.latency_queries,
         vectors=args.vectors,
+        max_wrong_rate=args.max_wrong_rate,
     )
-    result["command"] = {"pairs": str(args.pairs), "split": args.split, "verifier": str(args.verifier or "")}
+    result["command"] = {
+        "pairs": str(args.pairs), "split": args.split, "verifier": str(args.verifier or ""),
+        "max_wrong_rate": args.max_wrong_rate,
+    }  # fmt: skip
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2, default=str))

@@ -202,3 +202,42 @@ def _val(pair: Pair) -> bool:
     from shared_scorer.cache.verifier_training import _in_validation
 
     return _in_validation(pair, 0.15)
+
+
+def test_cache_bench_reports_the_figures_of_an_error_bound_at_the_top_level(tmp_path):
+    from shared_scorer.cache import FeatureVerifier
+
+    ways = ["quickly", "well", "from scratch", "online", "at home", "for free", "properly"]
+    labelled = []
+    for i in range(420):
+        a, b, way = TOPICS[i % 10], TOPICS[(i * 3 + 1) % 10], ways[i % 7]
+        if i % 2:
+            labelled.append(Pair(f"How do I learn about {a} {way}?", f"How can I learn about {a} {way}", True))
+        else:
+            labelled.append(Pair(f"How do I learn about {a} {way}?", f"Why is {b} so popular {way}?", False))
+    verifier, _ = FeatureVerifier.train(labelled, embedder=HashingEmbedder(), hidden=(16,))
+    folder = verifier.save(tmp_path / "features")
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"cached": p.cached, "incoming": p.incoming, "duplicate": int(p.duplicate)}) + "\n"
+            for p in labelled
+        )
+    )
+    out = tmp_path / "bench.json"
+    argv = ["cache-bench", "--pairs", str(path), "--json", str(out), "--embedder", "hashing", "--sizes", "300,600",
+            "--latency-queries", "20", "--verifier", str(folder), "--max-wrong-rate", "0.05"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    trained = result["trained_verifier"]
+    point = verifier.operating_point(0.05)
+    assert trained["operating_point"]["threshold"] == point["threshold"]
+    assert trained["operating_point"]["min_similarity"] == point["min_similarity"]
+    assert result["max_wrong_rate"] == trained["max_wrong_rate"] == 0.05
+    assert (result["duplicate_hit_rate"], result["wrong_hit_share"]) == (1.0, 0.0)
+    assert (result["duplicates"], result["hits"], result["wrong_hits"]) == (210, 210, 0)
+    assert (trained["duplicate_hit_rate"], trained["wrong_hit_share"]) == (1.0, 0.0)
+    assert sorted(result["lookup_ms"]) == ["300", "600"] and result["lookup_ms"]["600"]["p50_ms"] > 0
+    assert result["verifier_ms_per_candidate"] == trained["verifier_per_candidate"]
+    assert 0 < result["verifier_ms_per_candidate"]["p50_ms"] <= result["verifier_ms_per_candidate"]["p99_ms"]
+    assert "conservative_default" in result and "latency" in result and "cosine_only" in result  # older keys stay
