@@ -312,13 +312,17 @@ def _li_cells() -> dict[str, tuple[Callable[..., list[Reply]], list[str]]]:
 LI_CELLS = _li_cells()
 
 
-@pytest.mark.parametrize("path", list(LI_CELLS))
-def test_llamaindex_path(server, run, path):
-    rig = Rig()
-    llm = FrugalLLM(
+def li_model(server: Any, rig: Rig) -> FrugalLLM:
+    return FrugalLLM(
         stages=[li_stage(server, SMALL), li_stage(server, BIG)], scorer=scorer, thresholds=[0.5], prices=PRICES,
         answer_cache=rig.cache, budget=rig.budget, cost_tracker=rig.tracker,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("path", list(LI_CELLS))
+def test_llamaindex_path(server, run, path):
+    rig = Rig()
+    llm = li_model(server, rig)
     fn, expected = LI_CELLS[path]
     runs = LlamaIndexRuns()
     with runs.installed():
@@ -331,18 +335,23 @@ KEYS = {"sk-ann": {"tenant": "acme", "user": "ann"}, "sk-bob": {"tenant": "acme"
 
 
 @contextmanager
-def serving(server: Any, rig: Rig) -> Iterator[str]:
-    """``frugal serve``'s app over ``rig`` under uvicorn on 127.0.0.1; yields its ``/v1`` URL."""
+def serving(server: Any, rig: Rig, framework: str) -> Iterator[str]:
+    """``frugal serve --framework ...``'s app over ``rig`` under uvicorn on 127.0.0.1; yields its ``/v1`` URL."""
     import uvicorn
 
     from frugal_langchain.serve import LangChainBackend
+    from frugal_llamaindex.serve import LlamaIndexBackend
     from shared_scorer.budget.redis_server import free_port
     from shared_scorer.server.gateway import make_app
 
-    # the app's own event loop gets its own HTTP client (LangChain caches one per base URL)
-    model = lc_model(server, rig, http_async_client=httpx.AsyncClient(timeout=5))
+    backend: Any
+    if framework == "langchain":
+        # the app's own event loop gets its own HTTP client (LangChain caches one per base URL)
+        backend = LangChainBackend(lc_model(server, rig, http_async_client=httpx.AsyncClient(timeout=5)))
+    else:
+        backend = LlamaIndexBackend(li_model(server, rig))
     port = free_port()
-    app = make_app(LangChainBackend(model), KEYS, rig.budget)
+    app = make_app(backend, KEYS, rig.budget)
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -383,12 +392,13 @@ def serve_call(base_url: str, user: str, *, stream: bool, tools: bool) -> list[R
 
 @pytest.mark.parametrize("tools", [False, True], ids=["plain", "tools"])
 @pytest.mark.parametrize("stream", [False, True], ids=["unstreamed", "streamed"])
-def test_serve_path(server, stream, tools):
+@pytest.mark.parametrize("framework", ["langchain", "llamaindex"])
+def test_serve_path(server, framework, stream, tools):
     import importlib.util
 
     require(importlib.util.find_spec("uvicorn") is not None, "uvicorn is not installed (pip install uvicorn)")
     rig = Rig()
-    with serving(server, rig) as base_url:
+    with serving(server, rig, framework) as base_url:
         check_cell(
             server,
             rig,
