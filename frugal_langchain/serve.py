@@ -16,76 +16,46 @@ from typing import TYPE_CHECKING, Any
 from shared_scorer.context import Scope
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.outcome import ToolCall
-from shared_scorer.server.gateway import (
-    DEFAULT_STAGE_RETRIES,
-    DEFAULT_STAGE_TIMEOUT_S,
-    ChatReply,
-    ChatRequest,
-    StreamEvent,
-)
+from shared_scorer.server.gateway import ChatReply, ChatRequest, StageOptions, StreamEvent
 from shared_scorer.server.wire import message_text
-from shared_scorer.strategy import split_cap
 
 if TYPE_CHECKING:
     from frugal_langchain.chat_models import FrugalChatModel
     from shared_scorer.strategy import Strategy
 
 
-def openai_stages(
-    strategy: Strategy,
-    *,
-    base_url: str,
-    api_key: str,
-    timeout_s: float = DEFAULT_STAGE_TIMEOUT_S,
-    max_retries: int = DEFAULT_STAGE_RETRIES,
-    max_tokens: int | None = None,
-) -> dict[str, Any]:
+def openai_stages(strategy: Strategy, **stage_options: Any) -> dict[str, Any]:
     """One ``ChatOpenAI`` per provider model of ``strategy``, for ``FrugalChatModel.from_strategy``.
 
-    Each asks for usage on streams, gives up after ``timeout_s`` seconds and ``max_retries`` retries (so a
-    hanging provider escalates instead of holding the request). ``max_tokens`` caps the models the strategy
-    leaves uncapped; a ``model@N`` entry keeps its learned cap ``N``.
+    ``stage_options`` are :class:`~shared_scorer.server.gateway.StageOptions` (``base_url``, ``api_key``,
+    ``timeout_s``, ``max_retries``, ``max_tokens``); each stage also asks for usage on streams.
     """
     from langchain_openai import ChatOpenAI
 
-    uncapped = {split_cap(entry)[0] for entry in strategy.chain if split_cap(entry)[1] is None}
+    opts = StageOptions(**stage_options)
     return {
         model: ChatOpenAI(
             model=model,
-            base_url=base_url,
-            api_key=api_key,  # type: ignore[arg-type]
-            timeout=timeout_s,
-            max_retries=max_retries,
-            max_tokens=max_tokens if model in uncapped else None,  # type: ignore[call-arg]
+            base_url=opts.base_url,
+            api_key=opts.api_key,  # type: ignore[arg-type]
+            timeout=opts.timeout_s,
+            max_retries=opts.max_retries,
+            max_tokens=cap,  # type: ignore[call-arg]
             stream_usage=True,
         )
-        for model in dict.fromkeys(strategy.provider_models)
+        for model, cap in opts.caps(strategy.chain).items()
     }
 
 
-def serve_backend(
-    strategy: Strategy,
-    *,
-    base_url: str,
-    api_key: str,
-    timeout_s: float = DEFAULT_STAGE_TIMEOUT_S,
-    max_retries: int = DEFAULT_STAGE_RETRIES,
-    max_tokens: int | None = None,
-    **options: Any,
-) -> LangChainBackend:
+def serve_backend(strategy: Strategy, **options: Any) -> LangChainBackend:
     """What ``frugal serve --framework langchain`` serves: ``strategy``'s ``FrugalChatModel`` over
-    :func:`openai_stages`; ``options`` (budget, cost_tracker, answer_cache, ...) go to ``from_strategy``."""
+    :func:`openai_stages`; the :class:`StageOptions` keywords build the stages, the others (budget,
+    cost_tracker, answer_cache, ...) go to ``from_strategy``."""
     from frugal_langchain.chat_models import FrugalChatModel
 
-    stages = openai_stages(
-        strategy,
-        base_url=base_url,
-        api_key=api_key,
-        timeout_s=timeout_s,
-        max_retries=max_retries,
-        max_tokens=max_tokens,
-    )
-    return LangChainBackend(FrugalChatModel.from_strategy(strategy, stages, **options))
+    stage_options, model_options = StageOptions.split(options)
+    stages = openai_stages(strategy, **vars(stage_options))
+    return LangChainBackend(FrugalChatModel.from_strategy(strategy, stages, **model_options))
 
 
 class LangChainBackend:

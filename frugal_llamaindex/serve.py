@@ -21,14 +21,7 @@ from llama_index.core.tools import BaseTool, ToolMetadata, ToolOutput
 from shared_scorer.context import Scope
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.outcome import ToolCall
-from shared_scorer.server.gateway import (
-    DEFAULT_STAGE_RETRIES,
-    DEFAULT_STAGE_TIMEOUT_S,
-    ChatReply,
-    ChatRequest,
-    StreamEvent,
-)
-from shared_scorer.strategy import split_cap
+from shared_scorer.server.gateway import ChatReply, ChatRequest, StageOptions, StreamEvent
 
 if TYPE_CHECKING:
     from llama_index.core.base.llms.types import ChatResponse
@@ -37,62 +30,38 @@ if TYPE_CHECKING:
     from shared_scorer.strategy import Strategy
 
 
-def openai_like_stages(
-    strategy: Strategy,
-    *,
-    base_url: str,
-    api_key: str,
-    timeout_s: float = DEFAULT_STAGE_TIMEOUT_S,
-    max_retries: int = DEFAULT_STAGE_RETRIES,
-    max_tokens: int | None = None,
-) -> dict[str, Any]:
+def openai_like_stages(strategy: Strategy, **stage_options: Any) -> dict[str, Any]:
     """One ``OpenAILike`` per provider model of ``strategy``, for ``FrugalLLM.from_strategy``.
 
-    The same stages as ``frugal_langchain.serve.openai_stages``: each gives up after ``timeout_s`` seconds
-    and ``max_retries`` retries; ``max_tokens`` caps the models the strategy leaves uncapped (a ``model@N``
-    entry keeps its learned cap ``N``). ``FrugalLLM`` asks them for usage on streams.
+    ``stage_options`` are :class:`~shared_scorer.server.gateway.StageOptions`, as for
+    ``frugal_langchain.serve.openai_stages``; ``FrugalLLM`` asks the stages for usage on streams.
     """
     from llama_index.llms.openai_like import OpenAILike
 
-    uncapped = {split_cap(entry)[0] for entry in strategy.chain if split_cap(entry)[1] is None}
+    opts = StageOptions(**stage_options)
     return {
         model: OpenAILike(
             model=model,
-            api_base=base_url,
-            api_key=api_key,
+            api_base=opts.base_url,
+            api_key=opts.api_key,
             is_chat_model=True,
             is_function_calling_model=True,
-            timeout=timeout_s,
-            max_retries=max_retries,
-            max_tokens=max_tokens if model in uncapped else None,
+            timeout=opts.timeout_s,
+            max_retries=opts.max_retries,
+            max_tokens=cap,
         )
-        for model in dict.fromkeys(strategy.provider_models)
+        for model, cap in opts.caps(strategy.chain).items()
     }
 
 
-def serve_backend(
-    strategy: Strategy,
-    *,
-    base_url: str,
-    api_key: str,
-    timeout_s: float = DEFAULT_STAGE_TIMEOUT_S,
-    max_retries: int = DEFAULT_STAGE_RETRIES,
-    max_tokens: int | None = None,
-    **options: Any,
-) -> LlamaIndexBackend:
+def serve_backend(strategy: Strategy, **options: Any) -> LlamaIndexBackend:
     """What ``frugal serve --framework llamaindex`` serves: ``strategy``'s ``FrugalLLM`` over
-    :func:`openai_like_stages`; ``options`` (budget, cost_tracker, answer_cache, ...) go to ``from_strategy``."""
+    :func:`openai_like_stages`, with ``options`` split as in ``frugal_langchain.serve.serve_backend``."""
     from frugal_llamaindex.llms import FrugalLLM
 
-    stages = openai_like_stages(
-        strategy,
-        base_url=base_url,
-        api_key=api_key,
-        timeout_s=timeout_s,
-        max_retries=max_retries,
-        max_tokens=max_tokens,
-    )
-    return LlamaIndexBackend(FrugalLLM.from_strategy(strategy, stages, **options))
+    stage_options, model_options = StageOptions.split(options)
+    stages = openai_like_stages(strategy, **vars(stage_options))
+    return LlamaIndexBackend(FrugalLLM.from_strategy(strategy, stages, **model_options))
 
 
 @dataclass

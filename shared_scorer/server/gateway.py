@@ -37,8 +37,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -57,6 +57,7 @@ from shared_scorer.server.wire import (
     usage_body,
 )
 from shared_scorer.server.wire import ToolCall as WireToolCall
+from shared_scorer.strategy import split_cap
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -78,6 +79,41 @@ DEFAULT_STAGE_RETRIES = 1
 
 NO_RETRY = {"x-should-retry": "false"}  # the OpenAI SDKs obey this header before looking at the status
 background: set[asyncio.Task[Any]] = set()  # streams still read after their client hung up
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """How ``frugal serve`` builds each provider stage of a strategy, whatever the framework.
+
+    Each stage calls ``base_url`` with ``api_key``, gives up after ``timeout_s`` seconds and ``max_retries``
+    retries (so a hanging provider escalates instead of holding the request); ``max_tokens`` caps the models
+    the strategy leaves uncapped, while a ``model@N`` entry keeps its learned cap ``N``.
+
+    >>> opts = StageOptions(base_url="http://127.0.0.1:9/v1", api_key="-", max_tokens=1024)
+    >>> opts.caps(["small@300", "big"])
+    {'small': None, 'big': 1024}
+    """
+
+    base_url: str
+    api_key: str
+    timeout_s: float = DEFAULT_STAGE_TIMEOUT_S
+    max_retries: int = DEFAULT_STAGE_RETRIES
+    max_tokens: int | None = None
+
+    def caps(self, chain: Sequence[str]) -> dict[str, int | None]:
+        """Each provider model of a strategy's ``chain`` and the ``max_tokens`` its stage client gets
+        (``None`` where the chain caps it as ``model@N``: ``from_strategy`` sets that cap on a copy)."""
+        entries = [split_cap(entry) for entry in chain]
+        capped = {model for model, cap in entries if cap is not None}
+        return {model: None if model in capped else self.max_tokens for model, _ in entries}
+
+    @classmethod
+    def split(cls, options: Mapping[str, Any]) -> tuple[StageOptions, dict[str, Any]]:
+        """The stage options among ``serve_backend``'s keywords, and the rest (for ``from_strategy``)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in options.items() if k in names}), {
+            k: v for k, v in options.items() if k not in names
+        }
 
 
 def load_keys(path: str | Path) -> dict[str, Scope]:
