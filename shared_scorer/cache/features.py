@@ -9,6 +9,7 @@ question; the incoming one is memoised) and a few microseconds.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import warnings
@@ -20,6 +21,7 @@ import numpy as np
 
 from shared_scorer.cache.embedders import Embedder, as_embedder
 from shared_scorer.cache.pairs import Pair, hit_figures
+from shared_scorer.cache.trees import Trees
 from shared_scorer.cache.verifier import (
     _NEGATIONS,
     _NUMBER,
@@ -53,11 +55,49 @@ def lexical_features(a: str, b: str) -> list[float]:
     ]
 
 
-def pair_features(u: np.ndarray, v: np.ndarray, first: Sequence[str], second: Sequence[str]) -> np.ndarray:
-    """The feature matrix of pairs given their embeddings (rows of ``u`` and ``v``) and texts."""
+_GUARDS = ("numbers", "units", "dates", "negation", "entities", "roles")
+
+
+def lexical_features_v2(a: str, b: str) -> list[float]:
+    """:func:`lexical_features` and 16 more, all symmetric in ``a`` and ``b``: word and bigram Jaccard,
+    length difference and mean, same last word, same first two words, equal after normalising, names
+    (capitalised words) in one only and in both, numbers in one only, and which lexical guard (if any)
+    rejects the pair (one-hot)."""
+    from shared_scorer.cache.cache import normalise_query
+    from shared_scorer.cache.guards import _names, _tokens, guard
+
+    wa, wb = _words(a), _words(b)
+    sa, sb = set(wa), set(wb)
+    ba, bb = set(itertools.pairwise(wa)), set(itertools.pairwise(wb))
+    (ta, starts_a), (tb, starts_b) = _tokens(a), _tokens(b)
+    na, nb = set(_names(ta, starts_a)), set(_names(tb, starts_b))
+    xa, xb = set(_NUMBER.findall(a)), set(_NUMBER.findall(b))
+    rejected = guard(a, b)
+    return [
+        *lexical_features(a, b),
+        len(sa & sb) / max(1, len(sa | sb)),
+        len(ba & bb) / max(1, len(ba | bb)),
+        abs(len(wa) - len(wb)) / 10.0,
+        (len(wa) + len(wb)) / 20.0,
+        float(wa[-1:] == wb[-1:]),
+        float(wa[:2] == wb[:2]),
+        float(normalise_query(a) == normalise_query(b)),
+        float(len(na ^ nb)),
+        float(len(na & nb)),
+        float(len(xa ^ xb)),
+        *(float(rejected == name) for name in _GUARDS),
+    ]
+
+
+def pair_features(
+    u: np.ndarray, v: np.ndarray, first: Sequence[str], second: Sequence[str], lexical: int = 1
+) -> np.ndarray:
+    """The feature matrix of pairs given their embeddings (rows of ``u`` and ``v``) and texts
+    (``lexical``: 1 for :func:`lexical_features`, 2 for :func:`lexical_features_v2`)."""
     cos = np.einsum("ij,ij->i", u, v)[:, None]
-    lexical = np.array([lexical_features(a, b) for a, b in zip(first, second, strict=True)], dtype=np.float32)
-    return np.hstack([u * v, np.abs(u - v), cos, lexical]).astype(np.float32)
+    fn = lexical_features_v2 if lexical == 2 else lexical_features
+    rows = np.array([fn(a, b) for a, b in zip(first, second, strict=True)], dtype=np.float32)
+    return np.hstack([u * v, np.abs(u - v), cos, rows]).astype(np.float32)
 
 
 class FeatureVerifier(ThresholdedVerifier):
@@ -82,7 +122,11 @@ class FeatureVerifier(ThresholdedVerifier):
         min_similarity: float,
         embedder: object | None = None,
         info: dict[str, Any] | None = None,
+        trees: Trees | None = None,
+        lexical: int = 1,
     ) -> None:
+        self.trees = trees
+        self.lexical = lexical
         self.weights = [np.asarray(w, dtype=np.float32) for w in weights]
         self.biases = [np.asarray(b, dtype=np.float32) for b in biases]
         self.threshold = threshold
@@ -99,7 +143,12 @@ class FeatureVerifier(ThresholdedVerifier):
             self.embedder = embedder
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """P(same) per feature row (ReLU hidden layers, logistic output)."""
+        """P(same) per feature row: the network's (ReLU hidden layers, logistic output), averaged with the
+        boosted trees' when the verifier has them."""
+        net = self.predict_network(features)
+        return net if self.trees is None else (net + self.trees.probabilities(features)) / 2
+
+    def predict_network(self, features: np.ndarray) -> np.ndarray:
         h = np.asarray(features, dtype=np.float32)
         for w, b in zip(self.weights[:-1], self.biases[:-1], strict=True):
             h = np.maximum(h @ w + b, 0.0)
@@ -112,7 +161,7 @@ class FeatureVerifier(ThresholdedVerifier):
             raise CheckpointError("FeatureVerifier has no embedder: give it the cache's (use_embedder)")
         vectors = self.embedder.embed([*first, *second])
         n = len(first)
-        return self.predict(pair_features(vectors[:n], vectors[n:], first, second))
+        return self.predict(pair_features(vectors[:n], vectors[n:], first, second, self.lexical))
 
     # ------------------------------------------------------------------ training and persistence
 
@@ -128,9 +177,15 @@ class FeatureVerifier(ThresholdedVerifier):
         target_wrong_share: float = 0.05,
         margin_z: float = 1.0,
         seed: int = 0,
+        trees: bool = False,
+        lexical: int = 1,
     ) -> tuple[FeatureVerifier, dict[str, Any]]:
         """Fit on labelled pairs (hash-split into fitting and validation pairs); the validation pairs
-        choose the cosine floor and the threshold for ``target_wrong_share``."""
+        choose the cosine floor and the threshold for ``target_wrong_share`` (and are saved as the curve
+        from which ``AnswerCache(max_wrong_rate=...)`` picks its point). ``trees``: also fit boosted trees
+        (``HistGradientBoostingClassifier``) on the same features and average the two probabilities;
+        ``lexical=2``: the richer :func:`lexical_features_v2`. The recommended verifier is
+        ``hidden=(256, 64), alpha=1e-3, trees=True, lexical=2`` (``frugal train-cache-verifier``'s default)."""
         from sklearn.neural_network import MLPClassifier
 
         from shared_scorer.cache.verifier_training import _in_validation
@@ -144,11 +199,13 @@ class FeatureVerifier(ThresholdedVerifier):
         first, second = [p.cached for p in pairs], [p.incoming for p in pairs]
         vectors = model.embed(first + second)
         u, v = vectors[: len(pairs)], vectors[len(pairs) :]
-        x = pair_features(u, v, first, second)
+        x = pair_features(u, v, first, second, lexical)
         y = np.array([p.duplicate for p in pairs])
-        # both orders of each fitting pair: the question is symmetric
-        fit_x = np.vstack([x[~val_mask], pair_features(v, u, second, first)[~val_mask]])
-        fit_y = np.concatenate([y[~val_mask], y[~val_mask]])
+        if lexical == 2:  # every feature is symmetric: the other order adds nothing
+            fit_x, fit_y = x[~val_mask], y[~val_mask]
+        else:  # both orders of each fitting pair: the question is symmetric
+            fit_x = np.vstack([x[~val_mask], pair_features(v, u, second, first)[~val_mask]])
+            fit_y = np.concatenate([y[~val_mask], y[~val_mask]])
         mean, scale = fit_x.mean(axis=0), fit_x.std(axis=0) + 1e-6
         net = MLPClassifier(
             hidden_layer_sizes=tuple(hidden), alpha=alpha, batch_size=128, learning_rate_init=1e-3,
@@ -161,7 +218,18 @@ class FeatureVerifier(ThresholdedVerifier):
         weights, biases = list(net.coefs_), list(net.intercepts_)
         weights[0] = weights[0] / scale[:, None]
         biases[0] = biases[0] - mean @ weights[0]
-        verifier = cls(weights, biases, threshold=1.0, min_similarity=1.0, embedder=model)
+        boosted = None
+        if trees:
+            from sklearn.ensemble import HistGradientBoostingClassifier
+
+            boosted = Trees.from_sklearn(
+                HistGradientBoostingClassifier(
+                    max_iter=400, learning_rate=0.08, max_leaf_nodes=31, early_stopping=True, random_state=seed
+                ).fit(fit_x, fit_y)
+            )
+        verifier = cls(
+            weights, biases, threshold=1.0, min_similarity=1.0, embedder=model, trees=boosted, lexical=lexical
+        )
         probs = verifier.predict(x[val_mask])
         sims = x[val_mask][:, 2 * u.shape[1]]
         val_first = [t for t, m in zip(first, val_mask, strict=True) if m]
@@ -185,6 +253,8 @@ class FeatureVerifier(ThresholdedVerifier):
             "validation": hit_figures(hits, y[val_mask]),
             "train_seconds": round(time.perf_counter() - started, 1),
             "hidden": list(hidden),
+            "trees": None if boosted is None else len(boosted.roots),
+            "lexical": lexical,
         }
         verifier.info = {
             "embedder": repr(model), "report": report,
@@ -199,11 +269,14 @@ class FeatureVerifier(ThresholdedVerifier):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"w{i}": w for i, w in enumerate(self.weights)} | {f"b{i}": b for i, b in enumerate(self.biases)}
+        if self.trees is not None:
+            tensors |= self.trees.arrays("trees.")
         save_file(tensors, str(folder / "features.safetensors"))
         from shared_scorer.scoring.backbone import file_sha256
 
         meta = {"format": FORMAT, "threshold": self.threshold, "min_similarity": self.min_similarity,
-                "layers": len(self.weights), "info": self.info,
+                "layers": len(self.weights), "info": self.info, "trees": self.trees is not None,
+                "lexical": self.lexical,
                 "sha256": {"features.safetensors": file_sha256(folder / "features.safetensors")}}  # fmt: skip
         (folder / "verifier.json").write_text(json.dumps(meta, indent=2, default=str))
         return folder
@@ -231,9 +304,13 @@ class FeatureVerifier(ThresholdedVerifier):
             weights = [tensors[f"w{i}"] for i in range(layers)]
             biases = [tensors[f"b{i}"] for i in range(layers)]
             threshold, floor = float(meta["threshold"]), float(meta["min_similarity"])
+            boosted = Trees.from_arrays(tensors, "trees.") if meta.get("trees") else None
+            lexical = int(meta.get("lexical", 1))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{folder}: corrupt feature verifier ({exc})") from None
+        if lexical not in (1, 2):
+            raise CheckpointError(f"{path}: field 'lexical' must be 1 or 2, got {lexical}")
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{path}: field 'format' must be {FORMAT!r}")
         return cls(weights, biases, threshold=threshold, min_similarity=floor, embedder=embedder,
-                   info=meta.get("info") or {})  # fmt: skip
+                   info=meta.get("info") or {}, trees=boosted, lexical=lexical)  # fmt: skip

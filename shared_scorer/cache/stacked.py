@@ -93,6 +93,7 @@ class StackedVerifier(ThresholdedVerifier):
         target_wrong_share: float = 0.05,
         margin_z: float = 1.0,
         seed: int = 0,
+        feature_options: dict[str, Any] | None = None,
     ) -> tuple[StackedVerifier, dict[str, Any]]:
         """Train both parts on the fitting pairs (or reuse ``pair``, a pair classifier trained on the same
         split), fit the combination and the operating point on the validation pairs."""
@@ -109,7 +110,7 @@ class StackedVerifier(ThresholdedVerifier):
             raise DataError("the validation pairs need both duplicates and non-duplicates")
         features, feature_report = FeatureVerifier.train(
             pairs, embedder=model, val_fraction=val_fraction, target_wrong_share=target_wrong_share,
-            margin_z=margin_z, seed=seed,
+            margin_z=margin_z, seed=seed, **(feature_options or {}),
         )  # fmt: skip
         pair_report: dict[str, Any] = {"reused": True}
         if pair is None:

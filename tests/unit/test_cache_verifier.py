@@ -241,3 +241,79 @@ def test_cache_bench_reports_the_figures_of_an_error_bound_at_the_top_level(tmp_
     assert result["verifier_ms_per_candidate"] == trained["verifier_per_candidate"]
     assert 0 < result["verifier_ms_per_candidate"]["p50_ms"] <= result["verifier_ms_per_candidate"]["p99_ms"]
     assert "conservative_default" in result and "latency" in result and "cosine_only" in result  # older keys stay
+
+
+def _labelled(n: int = 420) -> list[Pair]:
+    ways = ["quickly", "well", "from scratch", "online", "at home", "for free", "properly"]
+    out = []
+    for i in range(n):
+        a, b, way = TOPICS[i % 10], TOPICS[(i * 3 + 1) % 10], ways[i % 7]
+        if i % 2:
+            out.append(Pair(f"How do I learn about {a} {way}?", f"How can I learn about {a} {way}", True))
+        else:
+            out.append(Pair(f"How do I learn about {a} {way}?", f"Why is {b} so popular {way}?", False))
+    return out
+
+
+def test_train_cache_verifier_defaults_give_the_recommended_features_verifier(tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    from shared_scorer.cache import AnswerCache, FeatureVerifier, load_verifier
+    from shared_scorer.cache.verifier_training import _in_validation
+
+    labelled = _labelled()
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"cached": p.cached, "incoming": p.incoming, "duplicate": int(p.duplicate)}) + "\n"
+            for p in labelled
+        )
+    )
+    out = tmp_path / "verifier"
+    argv = ["train-cache-verifier", "--pairs", str(path), "--out", str(out), "--embedder", "hashing", "--hidden", "16"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    val = sum(_in_validation(p, 0.15) for p in labelled)
+    assert (report["kind"], report["fit_pairs"], report["val_pairs"], report["heldout"]) == (
+        "features",
+        420 - val,
+        val,
+        None,
+    )
+    assert report["lexical"] == 2 and report["trees"] >= 1
+    verifier = load_verifier(out)
+    assert isinstance(verifier, FeatureVerifier) and verifier.trees is not None and verifier.lexical == 2
+    assert len(verifier.info["calibration"]["probs"]) == val
+    cache = AnswerCache(embedder=HashingEmbedder(), verifier=verifier, max_wrong_rate=0.05)
+    assert cache.operating_point.threshold == verifier.operating_point(0.05)["threshold"]
+    # the trees are checked on load: a node pointing outside the arrays is refused
+    tensors = load_file(str(out / "features.safetensors"))
+    tensors["trees.left"] = tensors["trees.left"] + 10**6
+    save_file(tensors, str(out / "features.safetensors"))
+    meta = json.loads((out / "verifier.json").read_text())
+    from shared_scorer.scoring.backbone import file_sha256
+
+    meta["sha256"]["features.safetensors"] = file_sha256(out / "features.safetensors")
+    (out / "verifier.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="a node points outside the arrays"):
+        load_verifier(out)
+
+
+def test_pair_verifier_option_makes_the_default_kind_stacked(tmp_path, trained, capsys):
+    verifier, _ = trained
+    pair_folder = verifier.save(tmp_path / "pair")
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"cached": p.cached, "incoming": p.incoming, "duplicate": int(p.duplicate)}) + "\n"
+            for p in _labelled(200)
+        )
+    )
+    out = tmp_path / "stacked"
+    argv = ["train-cache-verifier", "--pairs", str(path), "--out", str(out), "--embedder", "hashing", "--hidden", "16",
+            "--pair-verifier", str(pair_folder)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "stacked" and "calibration" in json.loads((out / "verifier.json").read_text())["info"]
+    assert main([*argv[:-2], "--kind", "features", "--pair-verifier", str(pair_folder)]) == 2
+    assert "--pair-verifier is for --kind stacked, not --kind features" in capsys.readouterr().err
