@@ -236,9 +236,10 @@ class AnswerCache:
 
     # ------------------------------------------------------------------ feedback
 
-    def feedback(self, hit: CacheHit | str, correct: bool, context: CallContext) -> dict[str, Any] | None:
+    def feedback(self, hit: CacheHit | str, correct: bool, context: CallContext | Scope) -> dict[str, Any] | None:
         """Say whether a served hit was right: ``hit`` is the :class:`CacheHit` (or its ``entry_id``, as in
-        an adapter's trail: ``cache_hit.entry_id``), ``context`` the scope it was served in.
+        an adapter's trail: ``cache_hit.entry_id``), ``context`` the call's context or just its
+        :class:`Scope` (tenant and user: what an adapter's caller knows; the entry id names the rest).
 
         A wrong hit tightens that entry (it serves only candidates scoring above the score of its last
         hit; after ``block_after`` wrong marks, no semantic hit; a wrong exact hit: nothing); confirmed hits
@@ -247,20 +248,27 @@ class AnswerCache:
         entry of that id lives in ``context``'s scope: feedback from another scope changes nothing.
         """
         entry_id = hit if isinstance(hit, str) else hit.entry_id
-        key = context_key(context)
-        entry = self.backend.record_feedback(entry_id, key, tenant=context.scope.tenant, correct=bool(correct))
-        if entry is None or not entry.matches(context):
+        scope, key = _scope_of(context)
+        entry = self.backend.record_feedback(
+            entry_id, tenant=scope.tenant, user=scope.user, scope_key=key, correct=bool(correct)
+        )
+        if entry is None or (entry.tenant, entry.user) != (scope.tenant, scope.user):
             return None
         return self.policy.state(entry)
 
-    async def afeedback(self, hit: CacheHit | str, correct: bool, context: CallContext) -> dict[str, Any] | None:
+    async def afeedback(
+        self, hit: CacheHit | str, correct: bool, context: CallContext | Scope
+    ) -> dict[str, Any] | None:
         """:meth:`feedback` off the event loop."""
         return await asyncio.to_thread(self.feedback, hit, correct, context)
 
-    def entry_state(self, entry_id: str, context: CallContext) -> dict[str, Any] | None:
-        """An entry's feedback counts and its own operating point (``None`` outside ``context``'s scope)."""
-        entry = self.backend.get_entry(entry_id, context_key(context), tenant=context.scope.tenant)
-        return None if entry is None or not entry.matches(context) else self.policy.state(entry)
+    def entry_state(self, entry_id: str, context: CallContext | Scope) -> dict[str, Any] | None:
+        """An entry's feedback counts and its own operating point (``None`` outside that scope)."""
+        scope, key = _scope_of(context)
+        entry = self.backend.get_entry(entry_id, tenant=scope.tenant, user=scope.user, scope_key=key)
+        if entry is None or (entry.tenant, entry.user) != (scope.tenant, scope.user):
+            return None
+        return self.policy.state(entry)
 
     async def alookup(self, query: str, context: CallContext) -> CacheHit | None:
         """:meth:`lookup` off the event loop (embedding and SQLite are blocking)."""
@@ -309,6 +317,13 @@ class AnswerCache:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _scope_of(context: CallContext | Scope) -> tuple[Scope, str | None]:
+    """The scope, and the scope key when the whole call context is known."""
+    if isinstance(context, Scope):
+        return context, None
+    return context.scope, context_key(context)
 
 
 def _point(verifier: Verifier, max_wrong_rate: float | None) -> OperatingPoint:

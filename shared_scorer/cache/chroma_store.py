@@ -126,21 +126,26 @@ class ChromaStore:
                 meta["last_score"] = float(score)
             collection.update(ids=[entry_id], metadatas=[meta])
 
-    def get_entry(self, entry_id: str, scope_key: str, *, tenant: str) -> Entry | None:
+    def get_entry(self, entry_id: str, *, tenant: str, user: str, scope_key: str | None = None) -> Entry | None:
         collection = self._collection(tenant, create=False)
         if collection is None:
             return None
-        got = collection.get(ids=[entry_id], where={"scope_key": scope_key}, include=["metadatas", "documents"])
+        clauses: list[dict[str, Any]] = [{"tenant": tenant}, {"user": user}]
+        if scope_key is not None:
+            clauses.append({"scope_key": scope_key})
+        got = collection.get(ids=[entry_id], where=_where(clauses), include=["metadatas", "documents"])
         if not got["ids"]:
             return None
         self._entry_tenant[entry_id] = tenant
         return _entry(got["ids"][0], got["documents"][0], dict(got["metadatas"][0]))
 
-    def record_feedback(self, entry_id: str, scope_key: str, *, tenant: str, correct: bool) -> Entry | None:
+    def record_feedback(
+        self, entry_id: str, *, tenant: str, user: str, scope_key: str | None = None, correct: bool
+    ) -> Entry | None:
         """Read, count, write back (Chroma has no transactions: two replicas giving feedback on one entry
         at the same instant may lose one count; a wrong mark is never lost to a confirmation, as a wrong
         mark writes ``wrong_score``, which only grows)."""
-        entry = self.get_entry(entry_id, scope_key, tenant=tenant)
+        entry = self.get_entry(entry_id, tenant=tenant, user=user, scope_key=scope_key)
         if entry is None:
             return None
         if correct:

@@ -187,14 +187,18 @@ class SQLiteStore:
                 (now, score, entry_id),
             )
 
-    def get_entry(self, entry_id: str, scope_key: str, *, tenant: str = "") -> Entry | None:
+    def get_entry(self, entry_id: str, *, tenant: str, user: str, scope_key: str | None = None) -> Entry | None:
         with self._lock:
             row = self._conn.execute(
-                f"SELECT {_READ} FROM entries WHERE id = ? AND scope_key = ?", (entry_id, scope_key)
+                f"SELECT {_READ} FROM entries WHERE id = ? AND tenant = ? AND user_id = ? "
+                "AND (? IS NULL OR scope_key = ?)",
+                (entry_id, tenant, user, scope_key, scope_key),
             ).fetchone()
         return None if row is None else _entry(row)
 
-    def record_feedback(self, entry_id: str, scope_key: str, *, tenant: str = "", correct: bool) -> Entry | None:
+    def record_feedback(
+        self, entry_id: str, *, tenant: str, user: str, scope_key: str | None = None, correct: bool
+    ) -> Entry | None:
         """One transaction: the count and ``wrong_score`` change together, whatever other processes do."""
         if correct:
             update = "confirmed = confirmed + 1"
@@ -202,7 +206,9 @@ class SQLiteStore:
             update = "wrong = wrong + 1, wrong_score = max(coalesce(wrong_score, -1e300), coalesce(last_score, 2.0))"
         with self._write() as conn:
             row = conn.execute(
-                f"UPDATE entries SET {update} WHERE id = ? AND scope_key = ? RETURNING {_READ}", (entry_id, scope_key)
+                f"UPDATE entries SET {update} WHERE id = ? AND tenant = ? AND user_id = ? "
+                f"AND (? IS NULL OR scope_key = ?) RETURNING {_READ}",
+                (entry_id, tenant, user, scope_key, scope_key),
             ).fetchone()
         return None if row is None else _entry(row)
 

@@ -96,14 +96,17 @@ class CacheStore(Protocol):
         """Record a hit (for least-recently-used eviction) and the verifier ``score`` it was served at."""
         ...
 
-    def get_entry(self, entry_id: str, scope_key: str, *, tenant: str) -> Entry | None:
-        """Entry ``entry_id`` if it belongs to ``scope_key`` (else ``None``, as if it did not exist)."""
+    def get_entry(self, entry_id: str, *, tenant: str, user: str, scope_key: str | None = None) -> Entry | None:
+        """Entry ``entry_id`` if it belongs to ``tenant`` and ``user`` (and, if given, ``scope_key``); else
+        ``None``, as if it did not exist."""
         ...
 
-    def record_feedback(self, entry_id: str, scope_key: str, *, tenant: str, correct: bool) -> Entry | None:
-        """Count one confirmed (``correct``) or wrong hit on entry ``entry_id`` of ``scope_key``; a wrong one
-        also raises ``wrong_score`` to the entry's ``last_score``. Returns the updated entry, or ``None``
-        when no entry of that id lives in that scope (nothing is changed)."""
+    def record_feedback(
+        self, entry_id: str, *, tenant: str, user: str, scope_key: str | None = None, correct: bool
+    ) -> Entry | None:
+        """Count one confirmed (``correct``) or wrong hit on entry ``entry_id`` of that tenant and user (and
+        ``scope_key``, if given); a wrong one also raises ``wrong_score`` to the entry's ``last_score``.
+        Returns the updated entry, or ``None`` when no such entry lives in that scope (nothing changes)."""
         ...
 
     def delete(

@@ -149,3 +149,24 @@ def test_real_minilm_semantic_hit_through_the_chain(server):
     assert message.content == "George Eliot" and 0.8 <= hit["similarity"] < 1.0
     other = llm.invoke("Who wrote Great Expectations?")
     assert other.content == "Dickens" and other.response_metadata["frugal"]["cache_hit"] is None
+
+
+def test_feedback_from_either_adapters_trail_stops_a_wrong_answer(server):
+    from shared_scorer.context import Scope
+
+    cache = AnswerCache(embedder=HashingEmbedder(), max_wrong_rate=0.05)
+    llm = lc_model(server, cache, tenant="acme", user="ann")
+    assert llm.invoke(QUESTION).content == "George Eliot" and server.request_count() == 2
+    hit = llm.invoke("who wrote middlemarch").response_metadata["frugal"]["cache_hit"]
+    assert hit is not None and server.request_count() == 2
+    assert cache.feedback(hit["entry_id"], False, Scope("acme", "bob")) is None  # not bob's entry
+    state = cache.feedback(hit["entry_id"], False, Scope("acme", "ann"))
+    assert state is not None and (state["wrong"], state["exact_allowed"]) == (1, False)
+    assert llm.invoke(QUESTION).response_metadata["frugal"]["cache_hit"] is None  # the stages answer again
+    assert server.request_count() == 4
+    li = li_model(server, cache)
+    li.chat([ChatMessage(role="user", content="Who wrote Great Expectations?")], tenant="acme", user="ann")
+    again = li.complete("Who wrote Great Expectations", tenant="acme", user="ann")
+    entry_id = again.additional_kwargs["frugal"]["cache_hit"]["entry_id"]
+    confirmed = cache.feedback(entry_id, True, Scope("acme", "ann"))
+    assert confirmed is not None and (confirmed["confirmed"], confirmed["wrong"]) == (1, 0)

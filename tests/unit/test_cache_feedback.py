@@ -192,3 +192,13 @@ def test_bad_bounds_and_uncalibrated_verifiers_are_refused():
 
     with pytest.raises(ConfigurationError, match="no validation curve"):
         AnswerCache(embedder=HashingEmbedder(), verifier=Uncalibrated(), max_wrong_rate=0.05)
+
+
+def test_feedback_with_the_scope_alone_as_an_adapter_caller_knows_it():
+    c = cache(max_wrong_rate=0.05)
+    entry = put(c)
+    assert c.feedback(entry, True, Scope("acme", "bob")) is None  # another user
+    assert c.feedback(entry, True, Scope("globex", "ann")) is None  # another tenant
+    state = c.feedback(entry, True, Scope("acme", "ann"))
+    assert state is not None and state["confirmed"] == 1
+    assert c.entry_state(entry, Scope("acme", "ann")) == state
