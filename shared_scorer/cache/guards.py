@@ -6,13 +6,15 @@ serves a candidate that fails one, with the default verifier or any trained one:
 
 * ``numbers``: the numbers differ, or come in another order (digits and number words: "5" = "five";
   "1,000" = "1000"; "1/2/2020" vs "2/1/2020");
-* ``units``: the units of measure or currencies differ ("5 km" vs "5 miles", "$" vs "€"); time units count
-  when they follow a number ("5 years" vs "5 months");
-* ``dates``: month names, weekdays or today/tomorrow/yesterday differ;
+* ``units``: both questions name units of measure or currencies and they differ ("5 km" vs "5 miles",
+  "$" vs "€"); time units count when they follow a number ("5 years" vs "5 months");
+* ``dates``: month names or weekdays differ, or both say today/tomorrow/yesterday/tonight and differently;
 * ``negation``: one question has an odd number of negations and the other an even one ("is X safe" vs
   "is X not safe"; "n't" counts as "not");
-* ``entities``: a capitalised word (not the first word) of one question is missing from the other,
-  case-insensitively ("capital of France" vs "capital of Spain");
+* ``entities``: a capitalised word (not opening a sentence) of one question is missing from the other,
+  case-insensitively, accents and plurals aside, unless the other has a word with its first 5 letters
+  (Google, Googling) or it is an acronym of the other's capitalised words (US, United States): "capital of
+  France" vs "capital of Spain";
 * ``roles``: the names both share come in another order ("Nadal beat Federer" vs "Federer beat Nadal"), or
   the words on the two sides of "to", "into", "from", "than", "vs" changed sides ("convert Celsius to
   Fahrenheit" vs "convert Fahrenheit to Celsius").
@@ -109,6 +111,7 @@ _DATE_WORDS = {
     **{d[:3]: d for d in _split("monday tuesday wednesday thursday friday saturday sunday")},
     **{d: d for d in _split("today tomorrow yesterday tonight")},
 }
+_RELATIVE = frozenset(_split("today tomorrow yesterday tonight"))
 _NEGATIONS = frozenset(_split("not no never nor none nobody nothing nowhere neither without cannot"))
 _ROLE_MARKERS = ("to", "into", "from", "than", "vs", "versus")
 _STOP = frozenset(
@@ -124,8 +127,10 @@ _NOT_NAMES = frozenset({"i", "i'm", "i've", "i'd", "i'll", "ok", "okay"})
 def _tokens(text: str) -> tuple[list[str], set[int]]:
     """Tokens with their case kept (NFKC; "n't" split off as "not"; digit groups joined: 1,000 -> 1000),
     and the positions of those that open a sentence."""
-    text = unicodedata.normalize("NFKC", text).replace("\u2019", "'")
+    text = unicodedata.normalize("NFKD", text).replace("\u2019", "'")
+    text = unicodedata.normalize("NFKC", "".join(c for c in text if not unicodedata.combining(c)))  # Pokémon
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    text = re.sub(r"\b(\d+)\s?[kK]\b", lambda m: m.group(1) + "000", text)  # 60k -> 60000
     text = re.sub(r"(?i)can't\b", "can not", text)
     text = re.sub(r"(?i)won't\b", "will not", text)
     text = re.sub(r"(?i)n't\b", " not", text)
@@ -185,6 +190,18 @@ def _names(tokens: list[str], starts: set[int]) -> list[str]:
     return out
 
 
+def _named_in(name: str, words: list[str], tokens: list[str]) -> bool:
+    """Whether ``name`` appears among ``words``: the same base form, the same first 5 letters (Google,
+    Googling), or an acronym of consecutive capitalised tokens (US: United States; USA: United States of
+    America)."""
+    if name in words or (len(name) >= 5 and any(w[:5] == name[:5] and len(w) >= 5 for w in words)):
+        return True
+    if 2 <= len(name) <= 5:
+        initials = "".join(t[0] for t in tokens if t[:1].isupper()).casefold()
+        return name in initials
+    return False
+
+
 def _base(word: str) -> str:
     """``word`` without a possessive or plural ``s`` ("WhatsApp's" and "whatsapps" -> "whatsapp")."""
     word = re.sub(r"'s$", "", word)
@@ -215,15 +232,18 @@ def guard(a: str, b: str) -> str | None:
     wa, wb = [t.casefold() for t in ta], [t.casefold() for t in tb]
     if _numbers(wa) != _numbers(wb):
         return "numbers"
-    if _units(wa) != _units(wb):
+    units_a, units_b = _units(wa), _units(wb)
+    if units_a and units_b and units_a != units_b:  # "5 km" vs "5 miles"; "in Rs" vs nothing passes
         return "units"
-    if _dates(ta, wa) != _dates(tb, wb):
+    dates_a, dates_b = _dates(ta, wa), _dates(tb, wb)
+    relative_a, relative_b = dates_a & _RELATIVE, dates_b & _RELATIVE
+    if dates_a - _RELATIVE != dates_b - _RELATIVE or (relative_a and relative_b and relative_a != relative_b):
         return "dates"
     if sum(w in _NEGATIONS for w in wa) % 2 != sum(w in _NEGATIONS for w in wb) % 2:
         return "negation"
     names_a, names_b = _names(ta, starts_a), _names(tb, starts_b)
     base_a, base_b = [_base(w) for w in wa], [_base(w) for w in wb]
-    if not set(names_a) <= set(base_b) or not set(names_b) <= set(base_a):
+    if not all(_named_in(n, base_b, tb) for n in names_a) or not all(_named_in(n, base_a, ta) for n in names_b):
         return "entities"
     shared = set(names_a) | set(names_b)
     order_a = [w for w in dict.fromkeys(base_a) if w in shared]
