@@ -26,9 +26,12 @@ from shared_scorer.cache.embedders import Embedder, as_embedder
 from shared_scorer.cache.pairs import Pair, hit_figures, pr_curve
 from shared_scorer.cache.sqlite_store import SQLiteStore
 from shared_scorer.cache.store import Entry, scope_key
-from shared_scorer.cache.verifier import ConservativeVerifier, guarded
+from shared_scorer.cache.verifier import ConservativeVerifier, ThresholdedVerifier, guarded
 from shared_scorer.context import CallContext, Scope
 from shared_scorer.errors import DataError
+
+CURVE_FLOOR = 0.6
+"""The lowest cosine floor :func:`~shared_scorer.cache.verifier.choose_operating_point` considers."""
 
 
 class MemoEmbedder:
@@ -95,8 +98,12 @@ def quality(
     duplicate = np.array([p.duplicate for p in pairs])
     a, b = embedder.embed([p.cached for p in pairs]), embedder.embed([p.incoming for p in pairs])
     sims = np.einsum("ij,ij->i", a, b)
-    scores = verifier.scores([p.incoming for p in pairs], [p.cached for p in pairs], sims)
-    scores = guarded(scores, [p.cached for p in pairs], [p.incoming for p in pairs])
+    cached, incoming = [p.cached for p in pairs], [p.incoming for p in pairs]
+    if isinstance(verifier, ThresholdedVerifier):  # the whole curve, not only above the verifier's own floor
+        scores = np.where(sims >= CURVE_FLOOR, verifier.probabilities(cached, incoming), -np.inf)
+    else:
+        scores = verifier.scores(incoming, cached, sims)
+    scores = guarded(scores, cached, incoming)
     exact = np.array([query_hash(p.cached) == query_hash(p.incoming) for p in pairs])
     scores[exact] = 2.0  # above any cosine or probability: exact matches are served first
     figures = hit_figures(hits, duplicate)
