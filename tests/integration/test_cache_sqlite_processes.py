@@ -104,3 +104,43 @@ def test_a_process_killed_mid_write_leaves_a_usable_file(tmp_path):
     assert cache.lookup("question a number 10", CTX).answer == "answer a 10"
     cache.store("after the crash", "still works", CTX, model="m", score=1.0, cost_usd=Decimal("0.001"))
     assert len(cache) == survived + 1 and cache.lookup("after the crash", CTX).answer == "still works"
+
+
+FEEDBACK = textwrap.dedent(
+    """
+    import sys
+    from shared_scorer.cache import AnswerCache
+    from shared_scorer.context import Scope
+
+    path, entry, count, correct = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+    cache = AnswerCache(path, semantic=False)
+    for _ in range(count):
+        cache.feedback(entry, correct, Scope("acme", "ann"))
+    print("done", flush=True)
+    """
+)
+
+
+def test_feedback_from_several_processes_loses_no_count(tmp_path):
+    path = tmp_path / "cache.sqlite"
+    cache = AnswerCache(path, semantic=False)
+    cache.store("Who wrote Emma?", "Jane Austen", CTX, model="m", score=1.0, cost_usd=Decimal("0.001"))
+    hit = cache.lookup("who wrote emma", CTX)
+    assert hit is not None
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FEEDBACK, str(path), hit.entry_id, "40", flag],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for flag in ("1", "1", "0")
+    ]
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0 and out.strip() == "done", err
+    state = cache.entry_state(hit.entry_id, CTX)
+    assert state is not None and (state["confirmed"], state["wrong"], state["wrong_score"]) == (80, 40, 2.0)
+    assert cache.lookup("who wrote emma", CTX) is None  # an exact hit marked wrong stops the entry
