@@ -63,7 +63,10 @@ class EntryPolicy:
         evidence: float = 0.95,
     ) -> None:
         self.point = point
-        self.loose = loose if max_wrong_rate is not None else None
+        looser = loose is not None and (
+            loose.threshold <= point.threshold and loose.min_similarity <= point.min_similarity
+        )  # the point of the wider bound, when it is no stricter in either dimension
+        self.loose = loose if max_wrong_rate is not None and looser else None
         self.max_wrong_rate = max_wrong_rate
         self.block_after = block_after
         self.evidence = evidence

@@ -202,3 +202,18 @@ def test_feedback_with_the_scope_alone_as_an_adapter_caller_knows_it():
     state = c.feedback(entry, True, Scope("acme", "ann"))
     assert state is not None and state["confirmed"] == 1
     assert c.entry_state(entry, Scope("acme", "ann")) == state
+
+
+def test_a_wider_bound_point_that_is_stricter_in_one_dimension_is_never_used_to_loosen():
+    from dataclasses import replace as with_counts
+
+    from shared_scorer.cache.bound import EntryPolicy, OperatingPoint
+    from shared_scorer.cache.store import Entry
+
+    entry = Entry("e", "k", "t", "u", "fp", "", "q", "h", "a", "m", None, Decimal("0"), 0.0, None)
+    trusted = with_counts(entry, confirmed=100)
+    point = OperatingPoint(0.6, 0.9)
+    higher_floor = EntryPolicy(point, loose=OperatingPoint(0.7, 0.8), max_wrong_rate=0.05)
+    assert higher_floor.loose is None and higher_floor.for_entry(trusted) == point
+    looser = EntryPolicy(point, loose=OperatingPoint(0.6, 0.8), max_wrong_rate=0.05)
+    assert looser.for_entry(trusted) == OperatingPoint(0.6, 0.8) and looser.for_entry(entry) == point
