@@ -18,7 +18,7 @@ torch and transformers are imported only when a MiniLM embedder or a :class:`Pai
 """
 
 from shared_scorer.cache.bound import OperatingPoint
-from shared_scorer.cache.cache import AnswerCache, normalise_query, query_hash
+from shared_scorer.cache.cache import AnswerCache
 from shared_scorer.cache.chroma_store import ChromaStore
 from shared_scorer.cache.embedders import Embedder, HashingEmbedder, LazyMiniLM, as_embedder
 from shared_scorer.cache.features import FeatureVerifier
@@ -27,7 +27,7 @@ from shared_scorer.cache.index import VectorIndex
 from shared_scorer.cache.pairs import Pair, load_pairs, split_pairs
 from shared_scorer.cache.sqlite_store import SQLiteStore
 from shared_scorer.cache.stacked import StackedVerifier, load_verifier
-from shared_scorer.cache.store import CacheStore, Entry, scope_key
+from shared_scorer.cache.store import CacheStore, Entry, normalise_query, query_hash, scope_key
 from shared_scorer.cache.verifier import ConservativeVerifier, PairVerifier, Verifier, lexically_same
 
 __all__ = [

@@ -8,11 +8,8 @@ checked again against the call's tenant, user and fingerprint before it is serve
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
-import re
 import time
-import unicodedata
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -25,29 +22,11 @@ from shared_scorer.cache.bound import EXACT_SCORE, EntryPolicy, OperatingPoint
 from shared_scorer.cache.embedders import Embedder, RecentMemo, as_embedder
 from shared_scorer.cache.guards import passes
 from shared_scorer.cache.sqlite_store import SQLiteStore
-from shared_scorer.cache.store import CacheStore, Entry, context_key, scope_key
+from shared_scorer.cache.store import CacheStore, Entry, context_key, query_hash, scope_key
 from shared_scorer.cache.verifier import ConservativeVerifier, ThresholdedVerifier, Verifier
 from shared_scorer.context import CallContext, Scope
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.protocols import CacheHit
-
-_SPACE = re.compile(r"\s+")
-_TRAILING = re.compile(r"[\s?.!\u3002]+$")  # after NFKC, full-width ?! are ASCII
-
-
-def normalise_query(text: str) -> str:
-    """The exact-match form of a query: NFKC, case-folded, whitespace collapsed, closing ``?.!`` dropped.
-
-    >>> normalise_query("  What is  the CAPITAL of France ?? ")
-    'what is the capital of france'
-    """
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return _TRAILING.sub("", _SPACE.sub(" ", text).strip())
-
-
-def query_hash(text: str) -> str:
-    """SHA-256 of :func:`normalise_query`."""
-    return hashlib.sha256(normalise_query(text).encode()).hexdigest()
 
 
 class AnswerCache:

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from shared_scorer.cache.cache import AnswerCache, query_hash
+from shared_scorer.cache.cache import AnswerCache
 from shared_scorer.cache.embedders import Embedder, as_embedder
 from shared_scorer.cache.pairs import Pair, hit_figures, pr_curve
 from shared_scorer.cache.sqlite_store import SQLiteStore
-from shared_scorer.cache.store import Entry, scope_key
+from shared_scorer.cache.store import Entry, query_hash, scope_key
 from shared_scorer.cache.verifier import ConservativeVerifier, ThresholdedVerifier, guarded
 from shared_scorer.context import CallContext, Scope
 from shared_scorer.errors import DataError

@@ -63,8 +63,8 @@ def lexical_features_v2(a: str, b: str) -> list[float]:
     length difference and mean, same last word, same first two words, equal after normalising, names
     (capitalised words) in one only and in both, numbers in one only, and which lexical guard (if any)
     rejects the pair (one-hot)."""
-    from shared_scorer.cache.cache import normalise_query
     from shared_scorer.cache.guards import _names, _tokens, guard
+    from shared_scorer.cache.store import normalise_query
 
     wa, wb = _words(a), _words(b)
     sa, sb = set(wa), set(wb)

@@ -2,13 +2,16 @@
 
 A store never decides what is a hit: it returns exact matches and nearest neighbours *within one scope
 key*; the cache confirms them. The scope key digests tenant, user and fingerprint, and every entry also
-carries those three in clear, so the cache checks them again before serving anything.
+carries those three in clear, so the cache checks them again before serving anything. The keys live here
+too: :func:`scope_key` and the exact-match form of a query (:func:`normalise_query`, :func:`query_hash`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -17,6 +20,24 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from shared_scorer.context import CallContext
+
+_SPACE = re.compile(r"\s+")
+_TRAILING = re.compile(r"[\s?.!\u3002]+$")  # after NFKC, full-width ?! are ASCII
+
+
+def normalise_query(text: str) -> str:
+    """The exact-match form of a query: NFKC, case-folded, whitespace collapsed, closing ``?.!`` dropped.
+
+    >>> normalise_query("  What is  the CAPITAL of France ?? ")
+    'what is the capital of france'
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _TRAILING.sub("", _SPACE.sub(" ", text).strip())
+
+
+def query_hash(text: str) -> str:
+    """SHA-256 of :func:`normalise_query`."""
+    return hashlib.sha256(normalise_query(text).encode()).hexdigest()
 
 
 def scope_key(tenant: str, user: str, fingerprint: str) -> str:
