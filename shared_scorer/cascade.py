@@ -33,6 +33,7 @@ from shared_scorer.protocols import (
     AnswerCacheHook,
     AsyncAnswerCacheHook,
     AsyncBudgetHook,
+    AsyncCostRecorder,
     BudgetHook,
     CacheHit,
     Reservation,
@@ -455,9 +456,12 @@ class Cascade:
                 else:
                     value = await self._async_step(step, calls)
         except StopIteration as stop:
-            yield self._finish(stop.value, started, context)
+            result = self._stamp(stop.value, started, context)
+            await self._arecord(result, failed=False)
+            yield result
         except _Failed as failed:
-            error = self._fail(failed, started, context)
+            error = self._error(failed, started, context)
+            await self._arecord(failed.result, failed=True)
             raise error from error.__cause__
 
     def _streams_live(self, stage: int) -> bool:
@@ -488,14 +492,12 @@ class Cascade:
             while True:
                 value = await self._async_step(steps.send(value), calls)
         except StopIteration as stop:
-            self._recordabandoned(stop.value, started, context)
+            await self._arecord(self._stamp(stop.value, started, context), failed=True)
         except _Failed as failed:
-            self._recordabandoned(failed.result, started, context)
+            await self._arecord(self._stamp(failed.result, started, context), failed=True)
 
     def _recordabandoned(self, result: CascadeResult, started: float, context: CallContext) -> None:
-        result.latency_ms = elapsed_ms(started)
-        result.context = context
-        self.tracker.record_failure(result)
+        self.tracker.record_failure(self._stamp(result, started, context))
 
     def _sync_step(self, step: object, calls: Sequence[StageCall]) -> Any:
         if isinstance(step, ScoreRequest):
@@ -568,19 +570,36 @@ class Cascade:
         raise AssertionError(f"unknown cascade step {step!r}")  # pragma: no cover
 
     def _finish(self, result: CascadeResult, started: float, context: CallContext) -> CascadeResult:
-        result.latency_ms = elapsed_ms(started)
-        result.context = context
-        self.tracker.record(result)
+        self.tracker.record(self._stamp(result, started, context))
         return result
 
     def _fail(self, failed: _Failed, started: float, context: CallContext) -> FrugalError:
         """The error to raise (``raise error from error.__cause__``), with the call's result attached."""
-        failed.result.latency_ms = elapsed_ms(started)
-        failed.result.context = context
+        error = self._error(failed, started, context)
         self.tracker.record_failure(failed.result)
+        return error
+
+    @staticmethod
+    def _stamp(result: CascadeResult, started: float, context: CallContext) -> CascadeResult:
+        result.latency_ms = elapsed_ms(started)
+        result.context = context
+        return result
+
+    def _error(self, failed: _Failed, started: float, context: CallContext) -> FrugalError:
+        self._stamp(failed.result, started, context)
         error: FrugalError = failed.error or CascadeError(failed.result.failures)
         error.result = failed.result  # type: ignore[attr-defined]
         return error
+
+    async def _arecord(self, result: CascadeResult, *, failed: bool) -> None:
+        """Record on the event loop: a tracker that writes to a database (``AsyncCostRecorder``) is awaited,
+        so no SQLite or Redis write blocks the loop."""
+        if isinstance(self.tracker, AsyncCostRecorder):
+            await (self.tracker.arecord_failure(result) if failed else self.tracker.arecord(result))
+        elif failed:
+            self.tracker.record_failure(result)
+        else:
+            self.tracker.record(result)
 
     def _check_calls(self, calls: Sequence[object]) -> None:
         if len(calls) != len(self.models):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -10,7 +11,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from shared_scorer.budget.ledger import Ledger, SpendRecord
+from shared_scorer.budget.ledger import Ledger, MemoryLedger, SpendRecord
 from shared_scorer.budget.urls import open_ledger
 from shared_scorer.context import Scope
 from shared_scorer.tracking import CostTracker
@@ -108,3 +109,19 @@ class LedgerCostTracker(CostTracker):
     def record_failure(self, result: CascadeResult) -> None:
         super().record_failure(result)
         self._write(result, failed=True)
+
+    async def arecord(self, result: CascadeResult) -> None:
+        """:meth:`record` on the event loop: the ledger write (SQLite, Redis) runs in a worker thread."""
+        super().record(result)
+        await self._awrite(result, failed=False)
+
+    async def arecord_failure(self, result: CascadeResult) -> None:
+        """:meth:`record_failure` on the event loop, the ledger write in a worker thread."""
+        super().record_failure(result)
+        await self._awrite(result, failed=True)
+
+    async def _awrite(self, result: CascadeResult, failed: bool) -> None:
+        if isinstance(self.ledger, MemoryLedger):
+            self._write(result, failed)
+        else:
+            await asyncio.to_thread(self._write, result, failed)
