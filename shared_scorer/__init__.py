@@ -6,6 +6,8 @@ caller plugs in (``Scorer``, ``AnswerCacheHook``, ``BudgetHook``, ``CostRecorder
 ARCHITECTURE.md draws where each lives.
 """
 
+from importlib import metadata as _metadata
+
 from shared_scorer.cascade import Cascade
 from shared_scorer.context import CallContext, Scope
 from shared_scorer.costs import CatalogPrice, Price, TokenPrice, resolve_price
@@ -35,6 +37,19 @@ from shared_scorer.protocols import (
 from shared_scorer.scoring.base import FunctionScorer, Scorer, ScoreRequest
 from shared_scorer.tools import ToolCallValidator, ToolSpec
 from shared_scorer.tracking import CostTracker
+
+_PYPROJECT_VERSION = "0.1.0"  # kept equal to pyproject.toml by tests/unit/test_conventions.py
+
+
+def _installed_version() -> str:
+    """The installed ``frugal-cascade`` version, or the pyproject one when the source tree is run uninstalled."""
+    try:
+        return _metadata.version("frugal-cascade")
+    except _metadata.PackageNotFoundError:
+        return _PYPROJECT_VERSION
+
+
+__version__ = _installed_version()
 
 __all__ = [
     "AnswerCacheHook",
