@@ -15,7 +15,7 @@ from langchain_core.callbacks import (
     CallbackManager,
     CallbackManagerForLLMRun,
 )
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel, BaseLanguageModel, LanguageModelInput
 from langchain_core.language_models.chat_models import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -24,6 +24,7 @@ from langchain_core.runnables.config import ensure_config
 from pydantic import Field, PrivateAttr
 
 from frugal_langchain import _convert
+from shared_scorer import tokens
 from shared_scorer.adapters.settings import CascadeSettings
 from shared_scorer.cascade import Validator
 from shared_scorer.context import CallContext
@@ -123,6 +124,33 @@ class FrugalChatModel(CascadeSettings, BaseChatModel):
         if stop := stop or self.stop:
             params["ls_stop"] = stop
         return params
+
+    # ------------------------------------------------------------------ token counts
+
+    def get_num_tokens(self, text: str) -> int:
+        """The tokens ``text`` is for the first stage, which every query reaches.
+
+        Asked of the stage itself when it counts offline (it has its own tokenizer, or it is an OpenAI
+        model whose tiktoken encoding file is already on disk). Otherwise, rather than LangChain's GPT-2
+        fallback (a Hub download and a warning) or a tiktoken download, the offline estimate of
+        :func:`shared_scorer.tokens.estimate_tokens` (``ceil(UTF-8 bytes / 3)`` for a model tiktoken does
+        not know or has no file for).
+        """
+        first = self.stages[0]
+        if _counts_offline(first):
+            return int(first.get_num_tokens(text))
+        return tokens.estimate_tokens(text, stage_name(first))
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
+        """The tokens ``messages`` are for the first stage; as :meth:`get_num_tokens`, the estimate
+        (:func:`shared_scorer.tokens.estimate_prompt_tokens`, which adds the chat format's per-message
+        tokens) when the stage cannot count offline. Tool schemas are counted only by stages that do."""
+        first = self.stages[0]
+        if _counts_offline(first):
+            if tools is None:
+                return int(first.get_num_tokens_from_messages(messages))
+            return int(first.get_num_tokens_from_messages(messages, tools=tools))
+        return tokens.estimate_prompt_tokens([message.text for message in messages], stage_name(first))
 
     # ------------------------------------------------------------------ tools and structure
 
@@ -377,6 +405,20 @@ class FrugalChatModel(CascadeSettings, BaseChatModel):
         if run_manager is not None:
             run_manager.on_llm_new_token(chunk.text, chunk=chunk)
         return chunk
+
+
+def _counts_offline(stage: BaseChatModel) -> bool:
+    """Whether ``stage`` counts tokens without a download: an OpenAI model whose tiktoken encoding file is on
+    disk, or a model with its own tokenizer (LangChain's default one fetches GPT-2 from the Hub)."""
+    cls = type(stage)
+    if any(base.__module__.startswith("langchain_openai.") for base in cls.__mro__):
+        return tokens._encoder_for(tokens._bare_model(stage_name(stage))) is not None
+    return (
+        stage.custom_get_token_ids is not None
+        or cls.get_token_ids is not BaseLanguageModel.get_token_ids
+        or cls.get_num_tokens is not BaseLanguageModel.get_num_tokens
+        or cls.get_num_tokens_from_messages is not BaseLanguageModel.get_num_tokens_from_messages
+    )
 
 
 def _child_configs(
