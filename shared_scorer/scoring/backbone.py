@@ -324,10 +324,13 @@ def load_tokenizer(folder: Path) -> Any:
     :data:`TOKENIZER_VOCAB_FILES`) is a :class:`CheckpointError`, never a tokenizer of special tokens only."""
     from transformers import AutoTokenizer
 
+    from shared_scorer.embeddings import quiet_loading
+
     if not any((folder / name).is_file() for name in TOKENIZER_VOCAB_FILES):
         raise CheckpointError(f"{folder}: no tokenizer vocabulary (tokenizer.json or vocab.txt) in the folder")
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        with quiet_loading():
+            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{folder}: cannot load the tokenizer ({exc})") from None
 

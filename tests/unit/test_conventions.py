@@ -120,3 +120,63 @@ def test_an_openai_first_stage_with_its_encoding_on_disk_is_asked(monkeypatch, n
     monkeypatch.setattr(tokens_module, "_encoder_for", lambda model: object())
     monkeypatch.setattr(type(small), "get_num_tokens", lambda self, text: 42)
     assert _cascade(small).get_num_tokens("hello world") == 42
+
+
+# --- loading a model prints no progress bar ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_folder(tmp_path_factory):
+    """A tiny random DistilBERT encoder saved as a Hugging Face folder (as MiniLM's is), and its tokenizer."""
+    from shared_scorer.scoring.backbone import load_backbone
+
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    backbone = load_backbone("tiny-random", seed=0)
+    backbone.model.distilbert.save_pretrained(str(folder))
+    backbone.tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def test_loading_the_encoder_prints_no_progress_bar(tiny_encoder_folder, capfd):
+    from transformers.utils import logging as hf_logging
+
+    from shared_scorer import embeddings
+
+    capfd.readouterr()
+    _tokenizer, model = embeddings._load(tiny_encoder_folder, "cpu")
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in out + err
+    assert (out, err) == ("", "")
+    assert model.config.dim == 32
+    assert hf_logging.is_progress_bar_enabled()  # silenced only around our load
+
+
+def test_loading_a_scorer_prints_nothing(tmp_path, capfd):
+    from shared_scorer.fitting.data import Record
+    from shared_scorer.scoring.distilbert import DistilBertScorer
+
+    rows = [Record(f"q{i}", f"question {i}?", "m", "yes" if i % 2 else "no", float(i % 2), 0.0) for i in range(12)]
+    DistilBertScorer.train(rows, backbone="tiny-random", epochs=1, progress=False).save(tmp_path / "scorer")
+    capfd.readouterr()
+    scorer = DistilBertScorer.load(tmp_path / "scorer")
+    assert capfd.readouterr() == ("", "")
+    assert scorer.models == ["m"]
+
+
+def test_quiet_loading_restores_what_the_user_chose():
+    from transformers.utils import logging as hf_logging
+
+    from shared_scorer.embeddings import quiet_loading
+
+    hf_logging.disable_progress_bar()
+    try:
+        with quiet_loading():
+            assert not hf_logging.is_progress_bar_enabled()
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
+    with quiet_loading():
+        with quiet_loading():
+            assert not hf_logging.is_progress_bar_enabled()
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled()
