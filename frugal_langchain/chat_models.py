@@ -333,7 +333,7 @@ class FrugalChatModel(CascadeSettings, BaseChatModel):
         stages, validate, context = self._stage_calls(messages, stop, kwargs, run_manager)
         calls = [stage.sync_call for stage in stages]
         result = self._cascade.run(_convert.query_text(messages), calls, validate, context)
-        return ChatResult(generations=[ChatGeneration(message=_convert.final_message(result))])
+        return _chat_result(result)
 
     async def _agenerate(
         self,
@@ -345,7 +345,7 @@ class FrugalChatModel(CascadeSettings, BaseChatModel):
         stages, validate, context = self._stage_calls(messages, stop, kwargs, run_manager)
         calls = [stage.async_call for stage in stages]
         result = await self._cascade.arun(_convert.query_text(messages), calls, validate, context)
-        return ChatResult(generations=[ChatGeneration(message=_convert.final_message(result))])
+        return _chat_result(result)
 
     def _stream(
         self,
@@ -407,6 +407,15 @@ class FrugalChatModel(CascadeSettings, BaseChatModel):
         return chunk
 
 
+def _chat_result(result: CascadeResult) -> ChatResult:
+    """The cascade's answer; ``llm_output`` names the stage that answered, so the cascade's own run in a
+    LangSmith trace (whose ``ls_model_name`` is the cascade's, known before any stage is asked) records it."""
+    return ChatResult(
+        generations=[ChatGeneration(message=_convert.final_message(result))],
+        llm_output={"model_name": result.model, "frugal_stage": result.answer_stage},
+    )
+
+
 def _counts_offline(stage: BaseChatModel) -> bool:
     """Whether ``stage`` counts tokens without a download: an OpenAI model whose tiktoken encoding file is on
     disk, or a model with its own tokenizer (LangChain's default one fetches GPT-2 from the Hub)."""
@@ -434,7 +443,8 @@ def _child_configs(
         manager.set_handlers(run_manager.inheritable_handlers)
         manager.add_tags(run_manager.inheritable_tags)
         manager.add_tags([f"frugal:stage={i}"], inherit=False)
-        manager.add_metadata(run_manager.inheritable_metadata)
+        # the cascade's ls_* params (its LangSmith model name) stay on its own run: each stage's run names its model
+        manager.add_metadata({k: v for k, v in run_manager.inheritable_metadata.items() if not k.startswith("ls_")})
         configs.append(RunnableConfig(callbacks=manager))
     return configs
 

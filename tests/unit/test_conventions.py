@@ -180,3 +180,92 @@ def test_quiet_loading_restores_what_the_user_chose():
             assert not hf_logging.is_progress_bar_enabled()
         assert not hf_logging.is_progress_bar_enabled()
     assert hf_logging.is_progress_bar_enabled()
+
+
+# --- tracing names the cascade and the stage that answered -------------------------------------------------
+
+
+def _two_named_fakes() -> tuple[Any, Any]:
+    from langchain_core.language_models import GenericFakeChatModel
+
+    class SmallFake(GenericFakeChatModel):
+        pass
+
+    class BigFake(GenericFakeChatModel):
+        pass
+
+    return SmallFake(messages=iter(["small"])), BigFake(messages=iter(["big"]))
+
+
+def test_langsmith_params_name_the_cascade_and_the_trace_names_the_answering_stage():
+    from langchain_core.tracers.context import collect_runs
+
+    from frugal_langchain import FrugalChatModel
+
+    small, big = _two_named_fakes()
+    llm = FrugalChatModel(
+        stages=[small, big],
+        scorer=lambda query, answer: 0.9 if answer == "big" else 0.1,
+        thresholds=[0.5],
+        prices={"SmallFake": (1, 2), "BigFake": (3, 4)},
+        temperature=0.25,
+    )
+    assert llm._get_ls_params(stop=["\n"]) == {
+        "ls_provider": "frugal",
+        "ls_model_name": "frugal-cascade",
+        "ls_model_type": "chat",
+        "ls_temperature": 0.25,
+        "ls_stop": ["\n"],
+    }
+    with collect_runs() as collector:
+        message = llm.invoke("Who wrote Middlemarch?")
+    assert message.content == "big" and message.response_metadata["model_name"] == "BigFake"
+    (run,) = collector.traced_runs
+    assert run.extra["metadata"]["ls_provider"] == "frugal"
+    assert run.extra["metadata"]["ls_model_name"] == "frugal-cascade"
+    # the cascade's own run records which stage answered, next to the two stage runs it parents
+    assert run.outputs["llm_output"] == {"model_name": "BigFake", "frugal_stage": 1}
+    # each stage's run keeps its own LangSmith params, not the cascade's (they were inherited before)
+    children = {child.tags[-1]: child.extra["metadata"] for child in run.child_runs}
+    assert {tag: meta["ls_provider"] for tag, meta in children.items()} == {
+        "frugal:stage=0": "smallfake",
+        "frugal:stage=1": "bigfake",
+    }
+    assert all("ls_model_name" not in meta for meta in children.values())  # the fakes name no model
+
+
+def test_llamaindex_spans_carry_the_answering_stage():
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
+    from llama_index.core.llms import ChatMessage, MockLLM
+
+    from frugal_llamaindex import FrugalLLM
+
+    class SmallMock(MockLLM):
+        pass
+
+    llm = FrugalLLM(
+        stages=[SmallMock(), MockLLM()],
+        scorer=lambda query, answer: 0.1,
+        thresholds=[0.5],
+        prices={"SmallMock": (0, 0), "MockLLM": (0, 0)},
+    )
+    seen: list[tuple[str, Any]] = []
+
+    class Recorder(SimpleSpanHandler):
+        def prepare_to_exit_span(self, id_: str, bound_args: Any, instance: Any = None, result: Any = None, **kw: Any):
+            if isinstance(instance, FrugalLLM):
+                seen.append((id_, result))
+            return super().prepare_to_exit_span(id_, bound_args, instance=instance, result=result, **kw)
+
+    root = get_dispatcher()
+    handler = Recorder()
+    root.add_span_handler(handler)
+    try:
+        llm.chat([ChatMessage(role="user", content="Who wrote Middlemarch?")])
+    finally:
+        root.span_handlers.remove(handler)
+    ((span_id, response),) = seen
+    assert span_id.startswith("FrugalLLM.chat-")
+    assert response.additional_kwargs["frugal"]["model"] == "MockLLM"
+    assert response.additional_kwargs["frugal"]["stage"] == 1
