@@ -63,21 +63,99 @@ class FrugalChatModel(CascadeSettings, BaseChatModel):
     empty reply) escalate too. The last stage's answer is returned (``return_policy="last"``) or the
     best-scored answer seen (``"best"``). ``response_metadata["frugal"]`` holds the trail.
 
-    Example:
-        .. code-block:: python
+    Setup:
+        Install the package with the LangChain extra, and the stages' own packages::
 
-            from langchain_core.language_models import GenericFakeChatModel
-            from frugal_langchain import FrugalChatModel
+            pip install "frugal-cascade[langchain]" langchain-openai
 
-            small = GenericFakeChatModel(messages=iter(["Mary Ann Evans"]))
-            big = GenericFakeChatModel(messages=iter(["George Eliot"]))
-            llm = FrugalChatModel(
-                stages=[small, big],
-                scorer=lambda query, answer: 0.9,
-                thresholds=[0.8],
-                prices={"GenericFakeChatModel": (0, 0)},
-            )
-            llm.invoke("Who wrote Middlemarch?").content  # 'Mary Ann Evans'
+        Each stage reads its own credentials (``OPENAI_API_KEY`` for ``ChatOpenAI``, ...).
+
+    Key init args:
+        stages: the chat models, cheapest first.
+        scorer: a ``shared_scorer.Scorer`` (``DistilBertScorer.load(...)``) or ``(query, answer) -> float``.
+        thresholds: one acceptance threshold per stage but the last.
+        prices: ``{model name: (input, output)}`` USD per million tokens, for models the catalogue lacks.
+        return_policy: ``"last"`` or ``"best"``.
+        temperature, max_tokens, stop: sent to every stage when set.
+        tenant, user, budget, answer_cache: who pays, the spending caps and the answer cache.
+        model: the name the cascade reports for tracing (``"frugal-cascade"``).
+
+        ``FrugalChatModel.from_strategy(path, stages=...)`` builds one from a fitted strategy.
+
+    Instantiate:
+        Two fake stages here; in use they are ``ChatOpenAI``, ``ChatAnthropic``, ... models.
+
+        >>> import itertools
+        >>> from langchain_core.language_models import FakeListChatModel, GenericFakeChatModel
+        >>> small = FakeListChatModel(responses=["Mary Ann Evans"])
+        >>> big = GenericFakeChatModel(messages=itertools.cycle(["George Eliot"]))
+        >>> llm = FrugalChatModel(
+        ...     stages=[small, big],
+        ...     scorer=lambda query, answer: 0.9 if answer == "George Eliot" else 0.2,
+        ...     thresholds=[0.5],
+        ...     prices={"FakeListChatModel": (0.15, 0.60), "GenericFakeChatModel": (2.50, 10.00)},
+        ... )
+
+    Invoke:
+        The small stage's answer scores 0.2, under its threshold, so the big stage answers.
+
+        >>> message = llm.invoke("Who wrote Middlemarch?")
+        >>> message.content, message.response_metadata["model_name"]
+        ('George Eliot', 'GenericFakeChatModel')
+        >>> message.response_metadata["frugal"]["stage"], message.response_metadata["frugal"]["escalations"]
+        (1, 1)
+
+    Stream:
+        The accepted stage's chunks (a rejected stage's answer is never shown).
+
+        >>> [chunk.content for chunk in llm.stream("Who wrote Middlemarch?")]
+        ['George', ' ', 'Eliot', '']
+
+    Tool calling:
+        Tools are bound to every stage; a tool call that does not parse or fit its schema escalates.
+
+        >>> from langchain_core.messages import AIMessage
+        >>> class ToolFake(GenericFakeChatModel):  # a fake stage that "supports" tools
+        ...     def bind_tools(self, tools, **kwargs):
+        ...         return self
+        >>> def multiply(a: int, b: int) -> int:
+        ...     \"""Multiply two integers.\"""
+        ...     return a * b
+        >>> call = AIMessage("", tool_calls=[{"name": "multiply", "args": {"a": 6, "b": 7}, "id": "call_1"}])
+        >>> agent = FrugalChatModel(
+        ...     stages=[ToolFake(messages=itertools.cycle([call]))], thresholds=[],
+        ...     scorer=lambda query, answer: 0.9, prices={"ToolFake": (0, 0)},
+        ... )
+        >>> agent.bind_tools([multiply]).invoke("What is 6 times 7?").tool_calls
+        [{'name': 'multiply', 'args': {'a': 6, 'b': 7}, 'id': 'call_1', 'type': 'tool_call'}]
+
+    Structured output:
+        Every stage is driven by tool calling; output that does not validate escalates.
+
+        >>> from pydantic import BaseModel
+        >>> class Author(BaseModel):
+        ...     \"""An author and their pen name.\"""
+        ...     name: str
+        ...     pen_name: str
+        >>> reply = AIMessage("", tool_calls=[
+        ...     {"name": "Author", "args": {"name": "Mary Ann Evans", "pen_name": "George Eliot"}, "id": "c2"}])
+        >>> structured = FrugalChatModel(
+        ...     stages=[ToolFake(messages=itertools.cycle([reply]))], thresholds=[],
+        ...     scorer=lambda query, answer: 0.9, prices={"ToolFake": (0, 0)},
+        ... )
+        >>> structured.with_structured_output(Author).invoke("Who wrote Middlemarch?")
+        Author(name='Mary Ann Evans', pen_name='George Eliot')
+
+    Token usage:
+        ``usage_metadata`` sums every stage called (rejected ones too); the trail has the exact cost as a
+        ``Decimal`` string. The fakes report no usage, so the tokens here are estimates.
+
+        >>> message.usage_metadata
+        {'input_tokens': 30, 'output_tokens': 9, 'total_tokens': 39}
+        >>> message.response_metadata["frugal"]["cost_usd"]
+        '0.00008275'
+        >>> llm.get_num_tokens("hello world")  # asked of the first stage (here an offline estimate)
+        4
     """
 
     model_config = CascadeSettings.model_config  # else BaseChatModel's extra="ignore" wins the merge

@@ -66,19 +66,107 @@ class FrugalLLM(CascadeSettings, FunctionCallingLLM):
     events (this wrapper opens a span but emits no LLM event of its own), so ``TokenCountingHandler``
     counts each stage call exactly once.
 
-    Example:
-        .. code-block:: python
+    Setup:
+        Install the package with the LlamaIndex extra, and the stages' own packages::
 
-            from llama_index.core.llms import MockLLM
-            from frugal_llamaindex import FrugalLLM
+            pip install "frugal-cascade[llamaindex]" llama-index-llms-openai-like
 
-            llm = FrugalLLM(
-                stages=[MockLLM(), MockLLM()],
-                scorer=lambda query, answer: 0.9,
-                thresholds=[0.8],
-                prices={"MockLLM": (0, 0)},
-            )
-            llm.complete("Who wrote Middlemarch?").additional_kwargs["frugal"]["stage"]  # 0
+        Each stage reads its own credentials (``OPENAI_API_KEY`` for ``OpenAI``/``OpenAILike``, ...).
+
+    Key init args:
+        stages: the LLMs, cheapest first.
+        scorer: a ``shared_scorer.Scorer`` (``DistilBertScorer.load(...)``) or ``(query, answer) -> float``.
+        thresholds: one acceptance threshold per stage but the last.
+        prices: ``{model name: (input, output)}`` USD per million tokens, for models the catalogue lacks.
+        return_policy: ``"last"`` or ``"best"``.
+        temperature, max_tokens: sent to every stage when set.
+        tenant, user, budget, answer_cache: who pays, the spending caps and the answer cache.
+        model: the name the cascade reports in ``metadata.model_name`` (``"frugal-cascade"``).
+
+        ``FrugalLLM.from_strategy(path, stages=...)`` builds one from a fitted strategy.
+
+    Instantiate:
+        Two mock stages here; in use they are ``OpenAI``, ``Anthropic``, ``OpenAILike``, ... LLMs.
+
+        >>> from llama_index.core.llms import ChatMessage, MockLLM
+        >>> from llama_index.core.llms.mock import MockFunctionCallingLLM
+        >>> def reply(text):
+        ...     return lambda messages, **kwargs: ChatMessage(role="assistant", content=text)
+        >>> small = MockLLM()  # echoes the prompt
+        >>> big = MockFunctionCallingLLM(response_generator=reply("George Eliot"))
+        >>> llm = FrugalLLM(
+        ...     stages=[small, big],
+        ...     scorer=lambda query, answer: 0.9 if answer == "George Eliot" else 0.2,
+        ...     thresholds=[0.5],
+        ...     prices={"MockLLM": (0.15, 0.60), "MockFunctionCallingLLM": (2.50, 10.00)},
+        ... )
+
+    Invoke:
+        The small stage's answer scores 0.2, under its threshold, so the big stage answers.
+
+        >>> response = llm.complete("Who wrote Middlemarch?")
+        >>> response.text, response.additional_kwargs["frugal"]["model"], response.additional_kwargs["frugal"]["stage"]
+        ('George Eliot', 'MockFunctionCallingLLM', 1)
+        >>> llm.chat([ChatMessage(role="user", content="Who wrote Middlemarch?")]).message.content
+        'George Eliot'
+
+    Stream:
+        The accepted stage's deltas (a rejected stage's answer is never shown).
+
+        >>> [chunk.delta for chunk in llm.stream_complete("Who wrote Middlemarch?")]
+        ['George Eliot', '']
+
+    Tool calling:
+        Tools go to every stage; a tool call that does not parse or fit its schema escalates.
+
+        >>> from llama_index.core.base.llms.types import ToolCallBlock
+        >>> from llama_index.core.tools import FunctionTool
+        >>> def multiply(a: int, b: int) -> int:
+        ...     \"""Multiply two integers.\"""
+        ...     return a * b
+        >>> def call_multiply(messages, **kwargs):
+        ...     block = ToolCallBlock(tool_call_id="call_1", tool_name="multiply", tool_kwargs={"a": 6, "b": 7})
+        ...     return ChatMessage(role="assistant", blocks=[block])
+        >>> agent = FrugalLLM(
+        ...     stages=[MockFunctionCallingLLM(response_generator=call_multiply)], thresholds=[],
+        ...     scorer=lambda query, answer: 0.9, prices={"MockFunctionCallingLLM": (0, 0)},
+        ... )
+        >>> tool = FunctionTool.from_defaults(multiply)
+        >>> agent.get_tool_calls_from_response(agent.chat_with_tools([tool], user_msg="What is 6 times 7?"))
+        [ToolSelection(tool_id='call_1', tool_name='multiply', tool_kwargs={'a': 6, 'b': 7})]
+        >>> agent.predict_and_call([tool], user_msg="What is 6 times 7?").response
+        '42'
+
+    Structured output:
+        With function-calling stages, ``structured_predict`` drives each by a tool call; output that does
+        not validate escalates.
+
+        >>> from pydantic import BaseModel
+        >>> from llama_index.core.prompts import PromptTemplate
+        >>> class Author(BaseModel):
+        ...     \"""An author and their pen name.\"""
+        ...     name: str
+        ...     pen_name: str
+        >>> def call_author(messages, **kwargs):
+        ...     args = {"name": "Mary Ann Evans", "pen_name": "George Eliot"}
+        ...     block = ToolCallBlock(tool_call_id="c2", tool_name="Author", tool_kwargs=args)
+        ...     return ChatMessage(role="assistant", blocks=[block])
+        >>> structured = FrugalLLM(
+        ...     stages=[MockFunctionCallingLLM(response_generator=call_author)], thresholds=[],
+        ...     scorer=lambda query, answer: 0.9, prices={"MockFunctionCallingLLM": (0, 0)},
+        ... )
+        >>> structured.structured_predict(Author, PromptTemplate("Who wrote {book}?"), book="Middlemarch")
+        Author(name='Mary Ann Evans', pen_name='George Eliot')
+
+    Token usage:
+        The trail sums every stage called (rejected ones too), with the exact cost as a ``Decimal``
+        string. The mocks report no usage, so the tokens here are estimates.
+
+        >>> trail = response.additional_kwargs["frugal"]
+        >>> trail["input_tokens"], trail["output_tokens"], trail["cost_usd"]
+        (30, 18, '0.00008815')
+        >>> [(stage["model"], stage["status"], stage["cost_usd"]) for stage in trail["stages"]]
+        [('MockLLM', 'rejected', '0.00001065'), ('MockFunctionCallingLLM', 'accepted', '0.0000775')]
     """
 
     model_config = CascadeSettings.model_config  # the cascade's settings are CascadeSettings' fields
