@@ -5,6 +5,7 @@ frugal eval --data FILE (--scorer DIR | --strategy PATH)
 frugal collect --providers P.json --queries Q.jsonl --metric token_f1 --out recorded.jsonl
 frugal fit --train train.jsonl --out strategy_dir [--budget USD | --target-accuracy X]
 frugal bench --train train.jsonl --test test.jsonl --json report.json [--plot frontier.png]
+frugal bench --strategy strategy_dir --test test.jsonl --json report.json   (no refit)
 
 ``eval`` replays through the LangChain adapter, imported only when it runs.
 """
@@ -84,6 +85,12 @@ def _add_fit(subparsers: SubParsers, name: str) -> None:
         p.add_argument("--json", required=True, type=Path, help="where to write the report")
         p.add_argument("--plot", type=Path, help="also draw the frontier to this PNG (needs matplotlib)")
         p.add_argument("--out", type=Path, help="folder for the fitted strategy (default: beside --json)")
+        p.add_argument(
+            "--strategy",
+            type=Path,
+            help="report this saved strategy (file or folder, with its scorer/) on --test without refitting; "
+            "--train is then not given",
+        )
     objective = p.add_mutually_exclusive_group()
     objective.add_argument(
         "--budget", type=positive_float, help="the saved strategy: highest accuracy at mean USD per query <= this"
@@ -91,7 +98,12 @@ def _add_fit(subparsers: SubParsers, name: str) -> None:
     objective.add_argument(
         "--target-accuracy", type=fraction, help="the saved strategy: lowest cost at accuracy >= this"
     )
-    p.add_argument("--train", required=True, type=Path, help="recorded JSON Lines, train split")
+    p.add_argument(
+        "--train",
+        required=name == "fit",
+        type=Path,
+        help="recorded JSON Lines, train split" + ("" if name == "fit" else " (unless --strategy)"),
+    )
     p.add_argument("--prices", type=Path, help="price costs from tokens with this prices JSON (default: cost_usd)")
     p.add_argument("--models", help="comma-separated candidate models (default: all)")
     p.add_argument("--max-depth", type=positive_int, default=3, help="longest chain tried (default 3)")
@@ -201,25 +213,34 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from shared_scorer.fitting.bench import bench, plot
+    from shared_scorer.fitting.bench import bench, bench_strategy, plot
     from shared_scorer.fitting.data import load_records
 
+    if args.strategy is not None and args.train is not None:
+        raise ConfigurationError("--strategy reports a saved strategy without refitting; --train refits (give one)")
+    if args.strategy is None and args.train is None:
+        raise ConfigurationError("frugal bench needs --train (to fit) or --strategy")
     prices, table = _prices(args.prices)
-    out = args.out or args.json.with_name(args.json.stem + "-strategy")
-    report = bench(
-        load_records(args.train),
-        load_records(args.test),
-        out,
-        _config(args),
-        prices=prices,
-        price_table=table,
-        progress=_say(args.quiet),
-    )
+    if args.strategy is not None:
+        report = bench_strategy(args.strategy, load_records(args.test), prices=prices, progress=_say(args.quiet))
+    else:
+        out = args.out or args.json.with_name(args.json.stem + "-strategy")
+        report = bench(
+            load_records(args.train),
+            load_records(args.test),
+            out,
+            _config(args),
+            prices=prices,
+            price_table=table,
+            progress=_say(args.quiet),
+        )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if args.plot:
-        plot(report, args.plot, title=f"{args.train.parent.name}: fitted on train, measured on test")
-    print(json.dumps(report["headline"], indent=2))
+        source = args.strategy.parent.name if args.strategy is not None else args.train.parent.name
+        plot(report, args.plot, title=f"{source}: fitted on train, measured on test")
+    # the headline, and how the saved strategy (the one 'fit' would deploy) did on the test split
+    print(json.dumps({**report["headline"], "strategy": report["strategy"]}, indent=2))
     return 0
 
 

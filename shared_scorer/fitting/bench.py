@@ -2,7 +2,12 @@
 
 Every figure in the report is measured on the test split; the frontier's points (chains and thresholds)
 were all chosen on the train split. ``budget`` of a frontier entry is the train-split cost of that point:
-the budget for which ``frugal fit`` would have picked it.
+the budget for which ``frugal fit`` would have picked it. ``strategy`` is the saved strategy (the point
+``frugal fit`` would deploy) on the test split.
+
+:func:`bench_strategy` (``frugal bench --strategy PATH``) reports a strategy saved earlier, with its own
+scorer, on a test split without refitting; the figures that need the train split (``train_queries``,
+``selected_by_train_budget``) are then ``None``, and the best single model is the test split's.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from shared_scorer.fitting.data import Record
 from shared_scorer.fitting.fit import FitConfig, build_table, fit, score_rows
 from shared_scorer.fitting.frontier import pareto_mask
 from shared_scorer.fitting.search import Table, evaluate_chain
-from shared_scorer.strategy import Frontier
+from shared_scorer.strategy import Frontier, Strategy, split_cap
 
 FRACTIONS = (0.1, 0.2, 0.5)
 
@@ -114,6 +119,90 @@ def selected_by_train_budget(
     return out
 
 
+def strategy_on(table: Table, strategy: Strategy, best: Mapping[str, Any]) -> dict[str, Any]:
+    """The saved strategy's point measured on ``table``: accuracy, cost per query, and that cost as a
+    fraction of the best single model's cost on the same queries."""
+    figures = evaluate_chain(table, strategy.chain, strategy.thresholds)
+    best_cost = float(best["cost_per_query"])
+    return {
+        "chain": list(strategy.chain),
+        "thresholds": list(strategy.thresholds),
+        "objective": dict(strategy.objective),
+        "accuracy": figures.accuracy,
+        "cost_per_query": figures.cost,
+        "cost_fraction_of_best_single": figures.cost / best_cost if best_cost else None,
+        "expected_on_fitting_data": dict(strategy.expected),
+    }
+
+
+def _test_tables(
+    scorer: Any,
+    test_records: Sequence[Record],
+    models: Sequence[str],
+    caps: Mapping[str, Any],
+    prices: Mapping[str, PriceSpec] | None,
+) -> tuple[Table, Table]:
+    """(the test table without caps, with the capped columns): the test rows scored by ``scorer``."""
+    test_rows = [r for r in test_records if r.model in set(models)]
+    _, complete = _complete(test_rows, models)
+    values = score_rows(scorer, complete)
+    scores = {(r.query_id, r.model): float(v) for r, v in zip(complete, values, strict=True)}
+    test_ids, plain_test = build_table(complete, models, scores, prices)
+    test_table, _ = add_capped_columns(plain_test, test_ids, complete, caps, prices)
+    return plain_test, test_table
+
+
+def _pareto(frontier: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    costs = np.array([p["cost_per_query"] for p in frontier])
+    return [frontier[i] for i in pareto_mask(costs, np.array([p["accuracy"] for p in frontier]))]
+
+
+def bench_strategy(
+    strategy_path: str | Path,
+    test_records: Sequence[Record],
+    *,
+    prices: Mapping[str, PriceSpec] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Report the strategy saved at ``strategy_path`` (a file or its folder) on ``test_records`` with the
+    scorer saved beside it, without refitting. Costs are priced with ``prices``, else with the prices the
+    strategy was fitted with (else the recorded ``cost_usd``). The report has :func:`bench`'s keys."""
+    from shared_scorer.scoring.distilbert import DistilBertScorer
+
+    started = time.perf_counter()
+    strategy = Strategy.load(strategy_path)
+    models = list(dict.fromkeys(strategy.info.get("models") or [split_cap(m)[0] for m in strategy.models]))
+    if prices is None and strategy.prices:
+        prices = dict(strategy.prices)
+    if progress:
+        progress(f"scoring the test split with {strategy.scorer_path()} ({len(test_records)} rows)")
+    scorer = DistilBertScorer.load(strategy.scorer_path(), expect_models=models)
+    caps = strategy.info.get("caps") or {}
+    t0 = time.perf_counter()
+    plain_test, test_table = _test_tables(scorer, test_records, models, caps, prices)
+    score_seconds = time.perf_counter() - t0
+    singles = single_models(plain_test)
+    best = best_single(singles)
+    frontier = frontier_on(test_table, strategy.frontier)
+    return {
+        "train_queries": None,
+        "test_queries": test_table.n,
+        "models": models,
+        "caps": caps,
+        "single_models": singles,
+        "frontier": frontier,
+        "test_pareto": _pareto(frontier),
+        "headline": headline(frontier, best),
+        "strategy": strategy_on(test_table, strategy, best),
+        "selected_by_train_budget": None,
+        "out_of_fold_auroc": strategy.info.get("out_of_fold_auroc"),
+        "fit": {"strategy": str(strategy.path), "seconds": {"score_test": round(score_seconds, 2)}},
+        "refit": False,
+        "best_single_chosen_on": "test",
+        "seconds_total": round(time.perf_counter() - started, 2),
+    }
+
+
 def bench(
     train_records: Sequence[Record],
     test_records: Sequence[Record],
@@ -133,13 +222,8 @@ def bench(
     if progress:
         progress(f"scoring the test split with the final scorer ({len(test_records)} rows)")
     t0 = time.perf_counter()
-    test_rows = [r for r in test_records if r.model in set(models)]
-    _, complete = _complete(test_rows, models)
-    values = score_rows(result.scorer, complete)
-    scores = {(r.query_id, r.model): float(v) for r, v in zip(complete, values, strict=True)}
-    test_ids, plain_test = build_table(complete, models, scores, prices)
     caps = result.strategy.info.get("caps") or {}
-    test_table, _ = add_capped_columns(plain_test, test_ids, complete, caps, prices)
+    plain_test, test_table = _test_tables(result.scorer, test_records, models, caps, prices)
     score_seconds = time.perf_counter() - t0
     singles = single_models(plain_test)
     train_singles = [s for s in single_models(result.table) if s["model"] in set(models)]
@@ -153,13 +237,9 @@ def bench(
         "caps": caps,
         "single_models": singles,
         "frontier": frontier,
-        "test_pareto": [
-            frontier[i]
-            for i in pareto_mask(
-                np.array([p["cost_per_query"] for p in frontier]), np.array([p["accuracy"] for p in frontier])
-            )
-        ],
+        "test_pareto": _pareto(frontier),
         "headline": headline(frontier, best),
+        "strategy": strategy_on(test_table, result.strategy, best),
         "selected_by_train_budget": selected_by_train_budget(
             result.strategy.frontier, test_table, train_best_cost, float(best["cost_per_query"])
         ),
@@ -171,6 +251,8 @@ def bench(
             "strategy": str(Path(out) / "strategy.json"),
             "seconds": {**{k: round(v, 2) for k, v in result.seconds.items()}, "score_test": round(score_seconds, 2)},
         },
+        "refit": True,
+        "best_single_chosen_on": "train",
         "seconds_total": round(time.perf_counter() - started, 2),
     }
 

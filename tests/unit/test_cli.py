@@ -175,6 +175,46 @@ def test_fit_and_bench_with_prices_need_no_langchain(
     big = next(s for s in report["single_models"] if s["model"] == "big")
     assert big["accuracy"] == 1.0
     assert big["cost_per_query"] == pytest.approx(100 * 50e-6 + 10 * 50e-6)  # priced from tokens, not cost_usd
+    # every bench reports the strategy it saved, measured on the test split, and prints it with the headline
+    saved = json.loads((tmp_path / "bench-strategy" / "strategy.json").read_text())
+    figures = report["strategy"]
+    assert (figures["chain"], figures["thresholds"]) == (saved["chain"], saved["thresholds"])
+    assert figures["cost_fraction_of_best_single"] == pytest.approx(figures["cost_per_query"] / 0.0055)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["strategy"] == figures and printed["best_single_model"] == "big"
+
+    # --strategy reports that saved strategy on the test split without refitting (no --train needed)
+    again_path = tmp_path / "again.json"
+    argv = ["bench", "--strategy", str(tmp_path / "bench-strategy"), "--test", str(test), "--json", str(again_path)]
+    assert main([*argv, "--prices", str(prices), "--quiet"]) == 0
+    again = json.loads(again_path.read_text())
+    assert again["strategy"] == figures
+    assert again["single_models"] == report["single_models"] and again["frontier"] == report["frontier"]
+    assert again["test_queries"] == 6 and again["refit"] is False and report["refit"] is True
+    assert json.loads(capsys.readouterr().out)["strategy"] == figures
+
+    # a strategy that always asks big: every test answer right, at big's cost, its whole cost
+    saved.update(chain=["big"], thresholds=[])
+    (tmp_path / "bench-strategy" / "strategy.json").write_text(json.dumps(saved))
+    assert main([*argv, "--quiet"]) == 0  # no --prices: the strategy's own prices
+    only_big = json.loads(again_path.read_text())["strategy"]
+    assert only_big == {
+        "chain": ["big"],
+        "thresholds": [],
+        "objective": saved["objective"],
+        "accuracy": 1.0,
+        "cost_per_query": pytest.approx(0.0055),
+        "cost_fraction_of_best_single": pytest.approx(1.0),
+        "expected_on_fitting_data": saved["expected"],
+    }
+
+    # --strategy and --train together would be two reports in one: a one-line error
+    assert main([*argv, "--train", str(train)]) == 2
+    assert capsys.readouterr().err == (
+        "frugal bench: error: --strategy reports a saved strategy without refitting; --train refits (give one)\n"
+    )
+    assert main(["bench", "--test", str(test), "--json", str(again_path)]) == 2
+    assert capsys.readouterr().err == "frugal bench: error: frugal bench needs --train (to fit) or --strategy\n"
 
 
 def test_eval_without_langchain_names_the_extra(
