@@ -1,4 +1,5 @@
-"""Helpers for tests: a started replay server as a context manager, and small records.
+"""Helpers for tests: a started replay server as a context manager, small records, and an ASGI app
+(``frugal serve``'s gateway) served on 127.0.0.1 for the length of a ``with`` block.
 
 In a ``conftest.py``::
 
@@ -11,6 +12,8 @@ In a ``conftest.py``::
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -57,3 +60,29 @@ def make_record(
         reference=reference,
         system=system,
     )
+
+
+@contextmanager
+def serving(app: Any, *, start_timeout_s: float = 10.0) -> Iterator[str]:
+    """``app`` (e.g. ``gateway.make_app(...)``) under uvicorn on a free port of 127.0.0.1, in a thread;
+    yields its ``/v1`` base URL and stops the server on exit. Needs the ``serve`` extra."""
+    import uvicorn
+
+    from shared_scorer.budget.redis_server import free_port
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"uvicorn did not start on 127.0.0.1:{port} within {start_timeout_s} s")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import operator
-import threading
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -337,12 +335,10 @@ KEYS = {"sk-ann": {"tenant": "acme", "user": "ann"}, "sk-bob": {"tenant": "acme"
 @contextmanager
 def serving(server: Any, rig: Rig, framework: str) -> Iterator[str]:
     """``frugal serve --framework ...``'s app over ``rig`` under uvicorn on 127.0.0.1; yields its ``/v1`` URL."""
-    import uvicorn
-
     from frugal_langchain.serve import LangChainBackend
     from frugal_llamaindex.serve import LlamaIndexBackend
-    from shared_scorer.budget.redis_server import free_port
     from shared_scorer.server.gateway import make_app
+    from shared_scorer.server.testing import serving as serve_app
 
     backend: Any
     if framework == "langchain":
@@ -350,20 +346,8 @@ def serving(server: Any, rig: Rig, framework: str) -> Iterator[str]:
         backend = LangChainBackend(lc_model(server, rig, http_async_client=httpx.AsyncClient(timeout=5)))
     else:
         backend = LlamaIndexBackend(li_model(server, rig))
-    port = free_port()
-    app = make_app(backend, KEYS, rig.budget)
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not uv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
+    with serve_app(make_app(backend, KEYS, rig.budget)) as base_url:
+        yield base_url
 
 
 def serve_call(base_url: str, user: str, *, stream: bool, tools: bool) -> list[Reply]:

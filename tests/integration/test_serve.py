@@ -11,10 +11,8 @@ import importlib
 import importlib.util
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -27,7 +25,7 @@ from shared_scorer.budget import Budget, LedgerCostTracker, LedgerError, Limit, 
 from shared_scorer.budget.redis_server import free_port
 from shared_scorer.context import Scope
 from shared_scorer.server.replay import ReplayServer
-from shared_scorer.server.testing import make_record, replay_server
+from shared_scorer.server.testing import make_record, replay_server, serving
 from tests.conftest import require
 
 SMALL, BIG = "serve-small", "serve-big"
@@ -83,27 +81,6 @@ class Served:
     budget: Budget
     replay: ReplayServer
     framework: str
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """``app`` under uvicorn on a free port of 127.0.0.1; yields its ``/v1`` URL."""
-    import uvicorn
-
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def chat_stages(replay: ReplayServer, max_tokens: int | None = 50, timeout: float = 5) -> list[Any]:
