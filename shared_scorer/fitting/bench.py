@@ -29,6 +29,8 @@ from shared_scorer.fitting.search import Table, evaluate_chain
 from shared_scorer.strategy import Frontier, Strategy, split_cap
 
 FRACTIONS = (0.1, 0.2, 0.5)
+ONE_POINT = 0.01
+"""``savings_within_one_point``: the cheapest point at most this far below the best model's accuracy."""
 
 
 def single_models(table: Table) -> list[dict[str, Any]]:
@@ -76,6 +78,7 @@ def headline(frontier: Sequence[Mapping[str, Any]], best: Mapping[str, Any]) -> 
     accs = np.array([p["accuracy"] for p in frontier])
     best_acc, best_cost = float(best["accuracy"]), float(best["cost_per_query"])
     matched = costs[accs >= best_acc - 1e-12]
+    close = costs[accs >= best_acc - ONE_POINT - 1e-12]
     within = accs[costs <= best_cost + 1e-15]
 
     def at(fraction: float) -> float | None:
@@ -87,6 +90,7 @@ def headline(frontier: Sequence[Mapping[str, Any]], best: Mapping[str, Any]) -> 
         "best_single_accuracy": best_acc,
         "best_single_cost_per_query": best_cost,
         "savings_at_matched_accuracy": float(1 - matched.min() / best_cost) if matched.size and best_cost else None,
+        "savings_within_one_point": float(1 - close.min() / best_cost) if close.size and best_cost else None,
         "accuracy_gain_at_equal_cost": float(within.max() - best_acc) if within.size else None,
         "accuracy_at_cost_fraction": {str(f): at(f) for f in FRACTIONS},
         "best_accuracy": float(accs.max()) if accs.size else None,
