@@ -16,6 +16,7 @@ HTTP (``POST /admin/faults`` ``{"model", "kind", "count"}``, ``DELETE /admin/fau
 
 from __future__ import annotations
 
+import difflib
 import json
 import threading
 import time
@@ -30,6 +31,12 @@ from shared_scorer.fitting.data import Record, load_records, models_of
 from shared_scorer.server._http import HTTPServer, Response
 from shared_scorer.server.scenarios import FAULT_KINDS, MALFORMED_BODY, Scenario
 from shared_scorer.server.wire import JSON, Reply, completion_body, error_body, last_role, last_user_text, stream_chunks
+
+SCENARIOS_DOCS = "docs/replay-server.md"
+"""The guide to the scenario format, named by the error of a prompt that was not recorded."""
+
+_COMPARED_CHARS = 2000
+"""How much of a prompt the closest-prompt search compares (a RAG prompt can be long)."""
 
 
 class ReplayRequest(NamedTuple):
@@ -84,7 +91,10 @@ class ReplayServer:
         self._requested_port = port
         self._exact: dict[tuple[str, str], Record] = {}
         self._stripped: dict[tuple[str, str], Record] = {}
+        self._queries: dict[str, list[str]] = {}
         for record in self.records:
+            if (record.model, record.query) not in self._exact:
+                self._queries.setdefault(record.model, []).append(record.query)
             self._exact.setdefault((record.model, record.query), record)
             self._stripped.setdefault((record.model, record.query.strip()), record)
         scenario_models = [s.model for s in self.scenarios if s.model != "*"]
@@ -243,6 +253,34 @@ class ReplayServer:
         """The record of ``model`` whose query is ``query`` (or equal to it once stripped)."""
         return self._exact.get((model, query)) or self._stripped.get((model, query.strip()))
 
+    def closest_queries(self, model: str, query: str, n: int = 3) -> list[str]:
+        """The ``n`` recorded queries of ``model`` most like ``query`` (difflib's ratio), most alike first."""
+        matcher = difflib.SequenceMatcher(b=query[:_COMPARED_CHARS])
+        scored = []
+        for index, candidate in enumerate(self._queries.get(model, ())):
+            matcher.set_seq1(candidate[:_COMPARED_CHARS])
+            scored.append((-matcher.ratio(), index, candidate))
+        return [candidate for _, _, candidate in sorted(scored)[:n]]
+
+    def _query_not_found(self, model: str, query: str) -> Response:
+        """404 ``query_not_found`` naming the model, the prompt received, the closest recorded ones and
+        how to add a scenario (the extra fields sit beside OpenAI's four in the error object)."""
+        received = query[:200]
+        closest = self.closest_queries(model, query)
+        if closest:
+            near = f"Closest recorded prompts of `{model}`: {'; '.join(_quoted(q[:200]) for q in closest)}."
+        else:
+            near = f"No prompt of `{model}` is recorded."
+        example = json.dumps({"model": model, "match": "<text of the prompt>", "content": "<answer>"})
+        message = (
+            f"No recorded answer of model `{model}` for the prompt {_quoted(received)} "
+            f"(the last user message, first 200 characters). {near} "
+            f"To answer it, record it or add a scenario {example} (see {SCENARIOS_DOCS})."
+        )
+        body = error_body(message, "invalid_request_error", "query_not_found")
+        body["error"].update({"model": model, "query": received, "closest": closest, "docs": SCENARIOS_DOCS})
+        return Response.json(404, body)
+
     def _chat(self, body: object) -> Response:
         if not isinstance(body, dict):
             message = "The request body must be a JSON object."
@@ -276,8 +314,7 @@ class ReplayServer:
                 return Response.error(404, message, "invalid_request_error", "model_not_found")
             record = self.lookup(model, query)
             if record is None:
-                message = f"No recorded answer of model `{model}` for the query {query[:80]!r}."
-                return Response.error(404, message, "invalid_request_error", "query_not_found")
+                return self._query_not_found(model, query)
             reply = recorded_reply(record, output_limit(body))
         with self._lock:
             first = self._tool_calls + 1
@@ -339,6 +376,11 @@ class ReplayServer:
                 self.clear_requests()
             return Response.json(200, {"requests": [entry._asdict() for entry in self.requests]})
         return Response.error(404, f"No route for {method} {parts.path}.", "invalid_request_error", None)
+
+
+def _quoted(text: str) -> str:
+    """``text`` in JSON's double quotes, as the scenario it suggests is written."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def output_limit(body: dict[str, Any]) -> int | None:
