@@ -264,9 +264,16 @@ class Cascade:
                 failures.append(StageFailure(i, attempt.model, "invalid", reason))
                 continue
             outputs[i] = output
+            attempt.logprob = _logprob(getattr(output, "logprob", None))
             if not last or self.return_policy == "best":
                 request = ScoreRequest(
-                    query, output.text or tool_text(output), attempt.model, i, tuple(answers), output.output_tokens
+                    query,
+                    output.text or tool_text(output),
+                    attempt.model,
+                    i,
+                    tuple(answers),
+                    output.output_tokens,
+                    logprob=attempt.logprob,
                 )
                 attempt.score = check_score((yield request), request)
                 if best is None or attempt.score > (attempts[best].score or 0.0):
@@ -660,6 +667,13 @@ def _tokens(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
     return value
+
+
+def _logprob(value: object) -> float | None:
+    """An adapter's log-probability as a finite float <= 0; anything else is taken as not given."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value > 0:
+        return None
+    return float(value)
 
 
 def _check_output(output: StageOutput) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -50,6 +51,30 @@ class StageOutput:
     usage_estimated: bool = False
     """The token counts are the adapter's estimate (see :mod:`shared_scorer.tokens`), not the provider's
     report; the stage is still billed on them."""
+    logprob: float | None = None
+    """The sum of the answer's token log-probabilities (see :func:`sum_logprobs`), or None when the
+    provider gave none (not asked, or it does not support them)."""
+
+
+def sum_logprobs(tokens: object) -> float | None:
+    """The sum of the ``logprob`` of OpenAI token entries (dicts or objects, as
+    ``choices[0].logprobs.content`` holds them; a ``{"content": [...]}`` mapping is read too), or None
+    when there are none or one has no numeric ``logprob``.
+
+    >>> sum_logprobs([{"token": "A", "logprob": -0.25}, {"token": ".", "logprob": -0.5}])
+    -0.75
+    """
+    if isinstance(tokens, Mapping):
+        tokens = tokens.get("content")
+    if not isinstance(tokens, list | tuple) or not tokens:
+        return None
+    total = []
+    for token in tokens:
+        value = token.get("logprob") if isinstance(token, Mapping) else getattr(token, "logprob", None)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        total.append(float(value))
+    return math.fsum(total)
 
 
 @dataclass
@@ -72,6 +97,8 @@ class Attempt:
     error: str | None = None
     settle_error: str | None = None
     """Why the budget could not settle this stage's reservation (the answer and its cost are kept)."""
+    logprob: float | None = None
+    """The answer's log-probability as the provider gave it (``StageOutput.logprob``), if it did."""
 
     @property
     def called(self) -> bool:
@@ -93,6 +120,7 @@ class Attempt:
             "latency_ms": round(self.latency_ms, 3),
             "error": self.error,
             "settle_error": self.settle_error,
+            "logprob": self.logprob,
         }
 
 

@@ -4,7 +4,9 @@ The schema is the one of ``shared/datasets/README.md``::
 
     {"query_id": str, "query": str, "system": str?, "model": str, "answer": str,
      "correct": float in [0, 1], "input_tokens": int?, "output_tokens": int?,
-     "cost_usd": float, "reference": str | null}
+     "cost_usd": float, "reference": str | null, "logprob": float <= 0?}
+
+``logprob`` is the log-probability the provider gave the answer (the sum of its tokens'), where recorded.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class Record:
     output_tokens: int | None = None
     reference: str | None = None
     system: str | None = None
+    logprob: float | None = None
+    """The answer's log-probability as the provider returned it (<= 0), or None where not recorded."""
 
 
 _REQUIRED_STR = ("query_id", "query", "model", "answer")
@@ -62,6 +66,7 @@ def parse_record(row: object, where: str) -> Record:
         value = row.get(name)
         if value is not None and not isinstance(value, str):
             raise DataError(f"{where}: field {name!r} must be a string or null, got {value!r:.80}")
+    logprob = _logprob(row, where)
     return Record(
         query_id=row["query_id"],
         query=row["query"],
@@ -73,7 +78,19 @@ def parse_record(row: object, where: str) -> Record:
         output_tokens=tokens["output_tokens"],
         reference=row.get("reference"),
         system=row.get("system"),
+        logprob=logprob,
     )
+
+
+def _logprob(row: dict[str, object], where: str) -> float | None:
+    value = row.get("logprob")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DataError(f"{where}: field 'logprob' must be a finite number <= 0 or absent, got {value!r:.80}")
+    if value > 0:
+        raise DataError(f"{where}: field 'logprob' must be <= 0 (a log-probability), got {value!r}")
+    return float(value)
 
 
 def _number(row: dict[str, object], name: str, where: str) -> float:

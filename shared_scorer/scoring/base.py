@@ -17,7 +17,8 @@ class ScoreRequest:
 
     ``model`` is the name of the model that wrote the answer; ``stage`` its position in the cascade;
     ``previous_answers`` the answers earlier stages gave to the same query (oldest first);
-    ``output_tokens`` the output tokens the provider billed for it (reasoning included), if reported.
+    ``output_tokens`` the output tokens the provider billed for it (reasoning included), if reported;
+    ``logprob`` the sum of the answer's token log-probabilities, or None when the provider gave none.
     """
 
     query: str
@@ -26,6 +27,7 @@ class ScoreRequest:
     stage: int = 0
     previous_answers: tuple[str, ...] = field(default=())
     output_tokens: int | None = None
+    logprob: float | None = None
 
 
 @runtime_checkable

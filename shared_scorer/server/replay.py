@@ -3,7 +3,9 @@
 Run it with ``frugal replay-server`` or ``python -m shared_scorer.server``.
 
 ``POST /v1/chat/completions`` answers with the recorded answer of the request's model to the text of its
-last user message (with the recorded token counts as ``usage``), streamed or not; scripted ``scenarios``
+last user message (with the recorded token counts as ``usage``, and, when the request asks for
+``logprobs`` and the row has a ``logprob``, an OpenAI ``logprobs`` payload summing to it), streamed or
+not; scripted ``scenarios``
 return tool calls; faults can be injected per model from Python (:meth:`ReplayServer.set_fault`) or over
 HTTP (``POST /admin/faults`` ``{"model", "kind", "count"}``, ``DELETE /admin/faults``):
 
@@ -315,7 +317,7 @@ class ReplayServer:
             record = self.lookup(model, query)
             if record is None:
                 return self._query_not_found(model, query)
-            reply = recorded_reply(record, output_limit(body))
+            reply = recorded_reply(record, output_limit(body), **logprobs_asked(body))
         with self._lock:
             first = self._tool_calls + 1
             self._tool_calls += len(reply.tool_calls)
@@ -392,12 +394,24 @@ def output_limit(body: dict[str, Any]) -> int | None:
     return None
 
 
-def recorded_reply(record: Record, limit: int | None) -> Reply:
+def logprobs_asked(body: dict[str, Any]) -> dict[str, Any]:
+    """``{"logprobs": bool, "top_logprobs": int}``: whether the request asks for token log-probabilities
+    (``logprobs: true``) and how many alternatives per token (``top_logprobs``, 0 to 20)."""
+    top = body.get("top_logprobs")
+    top = top if isinstance(top, int) and not isinstance(top, bool) else 0
+    return {"logprobs": body.get("logprobs") is True, "top_logprobs": min(max(top, 0), 20)}
+
+
+def recorded_reply(record: Record, limit: int | None, *, logprobs: bool = False, top_logprobs: int = 0) -> Reply:
     """The recorded answer, or, when it used more output tokens than ``limit``, what a provider sends
-    when a reasoning model hits the limit: no content, ``finish_reason: "length"``, ``limit`` tokens billed."""
+    when a reasoning model hits the limit: no content, ``finish_reason: "length"``, ``limit`` tokens billed.
+
+    When ``logprobs`` is asked for and the record has a ``logprob``, the reply carries it (see
+    :func:`~shared_scorer.server.wire.logprob_tokens`); a cut reply carries none."""
     usage = None
     if record.input_tokens is not None and record.output_tokens is not None:
         usage = (record.input_tokens, record.output_tokens)
         if limit is not None and record.output_tokens > limit:
             return Reply(content="", usage=(record.input_tokens, limit), truncated=True)
-    return Reply(content=record.answer, usage=usage)
+    logprob = record.logprob if logprobs else None
+    return Reply(content=record.answer, usage=usage, logprob=logprob, top_logprobs=top_logprobs)

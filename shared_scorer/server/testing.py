@@ -46,6 +46,7 @@ def make_record(
     cost_usd: float = 0.0,
     reference: str | None = None,
     system: str | None = None,
+    logprob: float | None = None,
 ) -> Record:
     """A :class:`Record` with defaults for the fields a replay test does not care about."""
     return Record(
@@ -59,6 +60,7 @@ def make_record(
         output_tokens=output_tokens,
         reference=reference,
         system=system,
+        logprob=logprob,
     )
 
 

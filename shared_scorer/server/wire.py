@@ -34,6 +34,12 @@ class Reply:
     """``(prompt_tokens, completion_tokens)``, or None to leave ``usage`` out of the response."""
     truncated: bool = False
     """Cut at the request's output-token limit (``finish_reason: "length"``)."""
+    logprob: float | None = None
+    """The answer's log-probability, sent as ``choices[0].logprobs`` (see :func:`logprob_tokens`);
+    None leaves ``logprobs`` null, as OpenAI does when they are not asked for."""
+    top_logprobs: int = 0
+    """How many alternatives each token's ``top_logprobs`` lists (the request's ``top_logprobs``); the
+    only one known is the chosen token itself."""
 
     @property
     def finish_reason(self) -> str:
@@ -85,6 +91,26 @@ def _tool_calls_body(reply: Reply, call_ids: Sequence[str]) -> list[JSON]:
     ]
 
 
+def logprob_tokens(reply: Reply) -> list[JSON] | None:
+    """The ``choices[0].logprobs.content`` token entries of ``reply``, or None when it carries no logprob.
+
+    The answer's "tokens" are its stream pieces (:func:`split_text`; one empty token for an empty answer),
+    so a streamed chunk carries exactly its piece's tokens. The whole log-probability is put on the first
+    token and ``0.0`` on the rest, so the tokens' log-probabilities sum to exactly ``reply.logprob``.
+    """
+    if reply.logprob is None:
+        return None
+    tokens = []
+    for i, piece in enumerate(split_text(reply.content or "") or [""]):
+        token: JSON = {"token": piece, "logprob": reply.logprob if i == 0 else 0.0, "bytes": list(piece.encode())}
+        tokens.append({**token, "top_logprobs": [token] if reply.top_logprobs > 0 else []})
+    return tokens
+
+
+def _logprobs_body(tokens: list[JSON]) -> JSON:
+    return {"content": tokens, "refusal": None}
+
+
 def completion_body(reply: Reply, *, completion_id: str, model: str, created: int, call_ids: Sequence[str]) -> JSON:
     """A whole ``chat.completion`` object."""
     message: JSON = {"role": "assistant", "content": reply.content, "refusal": None}
@@ -97,6 +123,9 @@ def completion_body(reply: Reply, *, completion_id: str, model: str, created: in
         "model": model,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}],
     }
+    tokens = logprob_tokens(reply)
+    if tokens is not None:
+        body["choices"][0]["logprobs"] = _logprobs_body(tokens)
     if reply.usage is not None:
         body["usage"] = usage_body(reply.usage)
     return body
@@ -132,19 +161,26 @@ def stream_chunks(
 
     A first chunk with the role, the content in pieces, for each tool call a chunk with its id and name
     followed by its arguments in pieces, a chunk with the ``finish_reason`` and, when ``include_usage``
-    is asked for and the usage is known, a last chunk with no choices and the usage.
+    is asked for and the usage is known, a last chunk with no choices and the usage. When the reply
+    carries a logprob, each content chunk's ``choices[0].logprobs`` holds its piece's token (an empty
+    answer's one token rides on the first chunk).
     """
 
-    def chunk(delta: JSON, finish_reason: str | None = None) -> JSON:
+    def chunk(delta: JSON, finish_reason: str | None = None, tokens: list[JSON] | None = None) -> JSON:
         body = chunk_body(delta, completion_id=completion_id, model=model, created=created, finish_reason=finish_reason)
+        if tokens is not None:
+            body["choices"][0]["logprobs"] = _logprobs_body(tokens)
         if include_usage:
             body["usage"] = None
         return body
 
     first_content = "" if reply.content is not None or not reply.tool_calls else None
-    yield chunk({"role": "assistant", "content": first_content, "refusal": None})
-    for piece in split_text(reply.content or ""):
-        yield chunk({"content": piece})
+    tokens = logprob_tokens(reply)
+    pieces = split_text(reply.content or "")
+    first_tokens = tokens if tokens is not None and not pieces else None
+    yield chunk({"role": "assistant", "content": first_content, "refusal": None}, tokens=first_tokens)
+    for i, piece in enumerate(pieces):
+        yield chunk({"content": piece}, tokens=None if tokens is None else [tokens[i]])
     for index, (call_id, call) in enumerate(zip(call_ids, reply.tool_calls, strict=True)):
         head = {
             "index": index,
