@@ -371,6 +371,7 @@ class FrugalChatModel(CascadeSettings, BaseChatModel):
             tools=[tools, kwargs.get("tool_choice")] if tools else None,
             max_output_tokens=call_kwargs.pop("max_tokens", None),
             cacheable=metadata.get("frugal_cache", True) is not False,
+            profile=metadata.get("frugal_profile"),
         )
         return call_kwargs, validate, context
 

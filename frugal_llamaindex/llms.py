@@ -37,7 +37,7 @@ from shared_scorer.tools import ToolCallValidator
 dispatcher = get_dispatcher(__name__)
 
 _CALL_KEYWORDS = frozenset(
-    {"temperature", "max_tokens", "tenant", "user", "frugal_cache"}  # ours and the standard ones
+    {"temperature", "max_tokens", "tenant", "user", "frugal_cache", "frugal_profile"}  # ours and the standard ones
     | {"tools", "tool_required", "allow_parallel_tool_calls", "tool_choice"}  # what LlamaIndex's tool calling passes
 )
 _DROPPED_KEYWORDS = ("chat_history", "formatted", "verbose")
@@ -263,6 +263,7 @@ class FrugalLLM(CascadeSettings, FunctionCallingLLM):
             tools=[specs, "any" if kwargs.get("tool_required") else None] if specs else None,
             max_output_tokens=kwargs.pop("max_tokens", None),
             cacheable=kwargs.pop("frugal_cache", True) is not False,
+            profile=kwargs.pop("frugal_profile", None),
         )
 
     def _plan(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> tuple[_Plan, Validator, CallContext]:

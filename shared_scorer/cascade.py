@@ -274,6 +274,10 @@ class Cascade:
                     tuple(answers),
                     output.output_tokens,
                     logprob=attempt.logprob,
+                    system=context.system,
+                    history=context.history,
+                    tool_results=context.tool_results,
+                    profile=context.profile,
                 )
                 attempt.score = check_score((yield request), request)
                 if best is None or attempt.score > (attempts[best].score or 0.0):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,8 @@ __all__ = [
     "check_max_tokens",
     "fingerprint_of",
     "input_tokens_bound",
+    "render_profile",
+    "split_conversation",
 ]
 
 
@@ -60,6 +62,14 @@ class CallContext:
     call's own ``max_tokens`` (``None`` when it sets none): a positive int, else a
     :class:`~shared_scorer.errors.ConfigurationError`. ``cacheable`` is false for calls whose answer
     must not be reused (tool calling, for example).
+
+    What the scorer sees besides the query (see :class:`~shared_scorer.scoring.base.ScoreRequest`):
+    ``system`` (the system prompt), ``history`` (earlier turns as ``"role: text"``), ``tool_results``
+    (the tool outputs the answer is built on) and ``profile``, the caller's profile as text (a mapping
+    given here is rendered with :func:`render_profile`).
+
+    >>> CallContext(profile={"tier": "gold", "locale": "fr-FR"}).profile  # type: ignore[arg-type]
+    'locale: fr-FR; tier: gold'
     """
 
     scope: Scope = field(default_factory=Scope)
@@ -69,12 +79,68 @@ class CallContext:
     cacheable: bool = True
     strategy: str = ""
     """The fitted strategy the call runs under (cache entries are tagged with it for invalidation)."""
+    system: str = ""
+    history: tuple[str, ...] = ()
+    tool_results: tuple[str, ...] = ()
+    profile: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.profile, str):
+            object.__setattr__(self, "profile", render_profile(self.profile))
         check_max_tokens(self.max_output_tokens, "max_output_tokens (the call's max_tokens)")
         bound = self.input_tokens_bound
         if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
             raise ConfigurationError(f"input_tokens_bound must be a whole number >= 0, got {bound!r}")
+
+
+def render_profile(profile: object) -> str:
+    """A caller profile as text: a string as given (stripped), a mapping as ``key: value`` pairs sorted by
+    key and joined by ``"; "`` (values that are not strings as sorted-key JSON), ``None`` as ``""``.
+
+    The same profile always gives the same text, whatever order its keys came in.
+
+    >>> render_profile({"tier": "gold", "limits": {"words": 20}})
+    'limits: {"words": 20}; tier: gold'
+    """
+    if profile is None:
+        return ""
+    if isinstance(profile, str):
+        return profile.strip()
+    if isinstance(profile, Mapping):
+        items = sorted((str(k), v) for k, v in profile.items())
+        return "; ".join(
+            f"{k}: {v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str, ensure_ascii=False)}"
+            for k, v in items
+        )
+    raise ConfigurationError(f"profile must be a string or a mapping, got {type(profile).__name__}")
+
+
+_SYSTEM_ROLES = frozenset({"system", "developer"})
+
+
+def split_conversation(turns: Sequence[tuple[str, str]]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """``(system, history, tool_results)`` of a conversation given as ``(role, text)`` turns.
+
+    The query is the last user turn (else the last turn). ``system`` joins the system (and developer)
+    turns with newlines; ``tool_results`` are the texts of the tool turns after the query (what the
+    answer is built on); ``history`` is every other non-empty turn as ``"role: text"``, in order.
+
+    >>> split_conversation([("system", "Be brief."), ("user", "hi"), ("assistant", "hello"), ("user", "2+2?"),
+    ...                     ("tool", "4")])
+    ('Be brief.', ('user: hi', 'assistant: hello'), ('4',))
+    """
+    last_user = max((i for i, (role, _) in enumerate(turns) if role == "user"), default=len(turns) - 1)
+    system = "\n".join(text for role, text in turns if role in _SYSTEM_ROLES and text)
+    history: list[str] = []
+    tool_results: list[str] = []
+    for i, (role, text) in enumerate(turns):
+        if i == last_user or role in _SYSTEM_ROLES or not text:
+            continue
+        if role == "tool" and i > last_user:
+            tool_results.append(text)
+        else:
+            history.append(f"{role}: {text}")
+    return system, tuple(history), tuple(tool_results)
 
 
 def fingerprint_of(parts: Iterable[Any]) -> str:
@@ -98,21 +164,35 @@ def build_context(
     strategy: str = "",
     max_output_tokens: int | None = None,
     cacheable: bool = True,
+    profile: object = None,
 ) -> CallContext:
     """The :class:`CallContext` of a conversation given as ``(role, text)`` turns.
 
     Roles are normalised (``user``, ``assistant``, ``system``, ``tool``) so that both adapters give the
     same fingerprint for the same conversation. The last user turn is the query itself and is left out
     of the fingerprint (the cache matches it separately); every other turn, in order, is in it.
+
+    The scorer's view of the conversation comes from :func:`split_conversation`; ``profile`` (a string
+    or a mapping, see :func:`render_profile`) is the caller's profile. A profile joins the fingerprint
+    (an answer accepted for one caller is not served to another); without one the fingerprint is unchanged.
     """
     last_user = max((i for i, (role, _) in enumerate(turns) if role == "user"), default=len(turns) - 1)
     others = [(role, "<query>" if i == last_user else text) for i, (role, text) in enumerate(turns)]
     tools_json = json.dumps(tools, sort_keys=True, default=str) if tools else ""
+    profile_text = render_profile(profile)
+    parts: list[Any] = [others, tools_json, output_schema, strategy]
+    if profile_text:
+        parts.append({"profile": profile_text})
+    system, history, tool_results = split_conversation(turns)
     return CallContext(
         scope=scope,
-        fingerprint=fingerprint_of([others, tools_json, output_schema, strategy]),
+        fingerprint=fingerprint_of(parts),
         input_tokens_bound=input_tokens_bound([*(t for _, t in turns), tools_json], len(turns)),
         max_output_tokens=max_output_tokens,
         cacheable=cacheable,
         strategy=strategy,
+        system=system,
+        history=history,
+        tool_results=tool_results,
+        profile=profile_text,
     )

@@ -104,6 +104,12 @@ class CascadeSettings(BaseModel):
         description="The user calls belong to; a call may name its own (LangChain: "
         "``config={'metadata': {'user': ...}}``; LlamaIndex: ``user=``).",
     )
+    tenant_profiles: dict[str, str | dict[str, Any]] | None = Field(
+        default=None,
+        description="The caller profile the scorer reads with each tenant's calls (a text or a mapping, "
+        "rendered by ``render_profile``), by tenant name; a call may give its own (LangChain: "
+        "``config={'metadata': {'frugal_profile': ...}}``; LlamaIndex: ``frugal_profile=``), which wins.",
+    )
     answer_cache: Any = Field(
         default=None,
         exclude=True,
@@ -224,9 +230,11 @@ class CascadeSettings(BaseModel):
         tools: Any = None,
         max_output_tokens: Any = None,
         cacheable: bool = True,
+        profile: object = None,
     ) -> CallContext:
         """The call's context: its scope (the call's ``tenant``/``user`` win over the fields, ``"default"``
-        when neither is set), the strategy, its tools and output limit (see :func:`build_context`)."""
+        when neither is set), the strategy, its tools and output limit, and the caller's profile (the call's
+        ``profile``, else its tenant's in ``tenant_profiles``) (see :func:`build_context`)."""
         scope = Scope(tenant=str(tenant or self.tenant or "default"), user=str(user or self.user or "default"))
         return build_context(
             turns,
@@ -235,6 +243,7 @@ class CascadeSettings(BaseModel):
             strategy=self.strategy_id,
             max_output_tokens=max_output_tokens,
             cacheable=cacheable,
+            profile=profile if profile is not None else (self.tenant_profiles or {}).get(scope.tenant),
         )
 
     def _stage_limits(self, context: CallContext) -> list[int | None]:

@@ -123,7 +123,9 @@ class TopLayerTrainer:
         self.net = self.backbone.model
         if len(self.net.distilbert.transformer.layer) < 2:
             raise ConfigurationError("the top-layer cross-fit needs a backbone with at least two layers")
-        self.encoder = PairEncoder(self.backbone.tokenizer, train.max_length, model_aware=True)
+        self.encoder = PairEncoder(
+            self.backbone.tokenizer, train.max_length, model_aware=True, with_context=train.context
+        )
         self.initial = copy.deepcopy(self._trainable_state())
         started = time.perf_counter()
         with torch_threads(train.num_threads), torch.inference_mode():
@@ -279,6 +281,7 @@ class TopLayerTrainer:
             batch_size=self.config.batch_size,
             num_threads=self.config.num_threads,
             info=info,
+            with_context=self.encoder.with_context,
         )
 
 

@@ -7,6 +7,11 @@ The schema is the one of ``shared/datasets/README.md``::
      "cost_usd": float, "reference": str | null, "logprob": float <= 0?}
 
 ``logprob`` is the log-probability the provider gave the answer (the sum of its tokens'), where recorded.
+
+What the caller's context adds (optional; a scorer fitted with context reads them, see
+:class:`~shared_scorer.scoring.encoding.PairEncoder`): ``"system"`` the system prompt, ``"profile"`` the
+caller's profile (a string, or an object rendered by :func:`~shared_scorer.context.render_profile`) and
+``"history"`` the earlier turns, a list of strings ``"role: text"`` (oldest first).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared_scorer.context import render_profile
 from shared_scorer.errors import DataError
 from shared_scorer.jsonl import iter_json_lines
 
@@ -38,6 +44,10 @@ class Record:
     system: str | None = None
     logprob: float | None = None
     """The answer's log-probability as the provider returned it (<= 0), or None where not recorded."""
+    profile: str | None = None
+    """The caller's profile as text (an object in the file is rendered by ``render_profile``)."""
+    history: tuple[str, ...] | None = None
+    """The earlier turns of the conversation as ``"role: text"``, oldest first."""
 
 
 _REQUIRED_STR = ("query_id", "query", "model", "answer")
@@ -67,6 +77,7 @@ def parse_record(row: object, where: str) -> Record:
         if value is not None and not isinstance(value, str):
             raise DataError(f"{where}: field {name!r} must be a string or null, got {value!r:.80}")
     logprob = _logprob(row, where)
+    profile, history = _context(row, where)
     return Record(
         query_id=row["query_id"],
         query=row["query"],
@@ -79,7 +90,20 @@ def parse_record(row: object, where: str) -> Record:
         reference=row.get("reference"),
         system=row.get("system"),
         logprob=logprob,
+        profile=profile,
+        history=history,
     )
+
+
+def _context(row: dict[str, object], where: str) -> tuple[str | None, tuple[str, ...] | None]:
+    """The optional ``profile`` (a string or an object, rendered) and ``history`` (a list of strings)."""
+    profile = row.get("profile")
+    if profile is not None and not isinstance(profile, str | dict):
+        raise DataError(f"{where}: field 'profile' must be a string, an object or absent, got {profile!r:.80}")
+    history = row.get("history")
+    if history is not None and (not isinstance(history, list) or not all(isinstance(h, str) for h in history)):
+        raise DataError(f"{where}: field 'history' must be a list of strings or absent, got {history!r:.80}")
+    return (None if profile is None else render_profile(profile)), (None if history is None else tuple(history))
 
 
 def _logprob(row: dict[str, object], where: str) -> float | None:

@@ -39,7 +39,7 @@ from shared_scorer.fitting.columns import add_capped_columns, choose_caps
 from shared_scorer.fitting.crossfit import TopLayerConfig, cross_fit_top_layer, fold_of
 from shared_scorer.fitting.data import Record, fingerprint, models_of
 from shared_scorer.fitting.search import Table, search
-from shared_scorer.scoring.base import ScoreRequest
+from shared_scorer.scoring.encoding import request_of
 from shared_scorer.scoring.training import TrainConfig
 from shared_scorer.strategy import Frontier, Strategy
 
@@ -158,7 +158,7 @@ def distilbert_trainer(config: TrainConfig) -> Callable[[Sequence[Record], int],
 
 def score_rows(scorer: Any, rows: Sequence[Record]) -> np.ndarray:
     """The scorer's calibrated probabilities for recorded rows."""
-    requests = [ScoreRequest(r.query, r.answer, model=r.model, output_tokens=r.output_tokens) for r in rows]
+    requests = [request_of(r) for r in rows]
     return np.asarray(scorer.score_batch(requests), dtype=float)
 
 

@@ -19,6 +19,11 @@ class ScoreRequest:
     ``previous_answers`` the answers earlier stages gave to the same query (oldest first);
     ``output_tokens`` the output tokens the provider billed for it (reasoning included), if reported;
     ``logprob`` the sum of the answer's token log-probabilities, or None when the provider gave none.
+
+    What the answer depended on besides the query: ``system`` the system prompt; ``history`` the earlier
+    turns as ``"role: text"`` (oldest first); ``tool_results`` the tool outputs the answer was built on
+    (oldest first); ``profile`` the caller's profile as text (see :func:`shared_scorer.context.render_profile`).
+    All empty when the call has none; a scorer fitted without context ignores them.
     """
 
     query: str
@@ -28,6 +33,10 @@ class ScoreRequest:
     previous_answers: tuple[str, ...] = field(default=())
     output_tokens: int | None = None
     logprob: float | None = None
+    system: str = ""
+    history: tuple[str, ...] = field(default=())
+    tool_results: tuple[str, ...] = field(default=())
+    profile: str = ""
 
 
 @runtime_checkable

@@ -28,7 +28,7 @@ import numpy as np
 from shared_scorer.errors import CheckpointError, ConfigurationError, ScorerError
 from shared_scorer.fitting.data import Record, fingerprint
 from shared_scorer.scoring.base import ScoreRequest
-from shared_scorer.scoring.encoding import SHARED, PairEncoder, predict_logits
+from shared_scorer.scoring.encoding import SHARED, PairEncoder, predict_logits, request_of
 from shared_scorer.scoring.signals import Stacker, answer_signals, fit_stacker
 from shared_scorer.scoring.training import Calibrator, TrainConfig, TrainResult, config_json, train_nets
 
@@ -68,6 +68,7 @@ class DistilBertScorer:
         info: Mapping[str, Any] | None = None,
         quantized: bool = False,
         stackers: Mapping[str, Stacker] | None = None,
+        with_context: bool = False,
     ) -> None:
         if num_threads is not None and num_threads < 1:
             raise ConfigurationError(f"num_threads must be >= 1, got {num_threads}")
@@ -84,7 +85,9 @@ class DistilBertScorer:
         self.num_threads = num_threads
         self.info: dict[str, Any] = dict(info or {})
         self.is_quantized = quantized
-        self.encoder = PairEncoder(tokenizer, max_length, model_aware=not per_model, head_fraction=head_fraction)
+        self.encoder = PairEncoder(
+            tokenizer, max_length, model_aware=not per_model, head_fraction=head_fraction, with_context=with_context
+        )
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ training
@@ -117,6 +120,7 @@ class DistilBertScorer:
             batch_size=config.batch_size,
             num_threads=config.num_threads,
             info=info,
+            with_context=config.context,
         )
         if not config.per_model:
             scorer._fit_pooled_calibrator(records, config, set(result.val_query_ids))
@@ -133,7 +137,7 @@ class DistilBertScorer:
     def _fit_stackers(self, records: Sequence[Record], val_ids: set[str]) -> None:
         """Per model, a :class:`Stacker` on the validation rows' logits and usage signals."""
         rows = [r for r in records if r.query_id in val_ids and r.model in self.models]
-        requests = [ScoreRequest(r.query, r.answer, r.model, output_tokens=r.output_tokens) for r in rows]
+        requests = [request_of(r) for r in rows]
         logits = self.logits(requests)
         for model in dict.fromkeys(r.model for r in rows):
             index = [i for i, r in enumerate(rows) if r.model == model]
@@ -225,6 +229,7 @@ class DistilBertScorer:
             info=self.info,
             quantized=True,
             stackers=self.stackers,
+            with_context=self.encoder.with_context,
         )
 
     # ------------------------------------------------------------------ save / load
@@ -259,6 +264,7 @@ class DistilBertScorer:
             "tokenizer_sha256": tokenizer_hashes,
             "max_length": self.max_length,
             "head_fraction": self.encoder.head_fraction,
+            **({"context": True} if self.encoder.with_context else {}),
             "calibration": {k: c.to_json() for k, c in self.calibrators.items()},
             "stackers": {k: st.to_json() for k, st in self.stackers.items()},
             **{k: v for k, v in self.info.items() if k not in {"format", "weights", "sha256", "tokenizer_sha256"}},
@@ -339,6 +345,7 @@ class DistilBertScorer:
             num_threads=num_threads,
             info={k: meta[k] for k in ("backbone", "training_data_fingerprint", "training", "metrics") if k in meta},
             stackers=stackers,
+            with_context=meta.get("context") is True,
         )
         return scorer.quantized() if quantize else scorer
 

@@ -53,6 +53,9 @@ class TrainConfig:
     models: list[str] | None = None
     """Train for these candidate models only (default: every model in the data)."""
     progress: bool = True
+    context: bool = False
+    """Read the caller's context with each pair (profile, system prompt, earlier turns, tool results; see
+    ``PairEncoder``); saved with the scorer, which then reads it at scoring time too."""
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 16:
@@ -245,7 +248,9 @@ def train_nets(records: Sequence[Record], config: TrainConfig) -> TrainResult:
         for key, group in groups.items():
             backbone = load_backbone(config.backbone, seed=config.seed, dropout=config.dropout)
             tokenizer = backbone.tokenizer
-            encoder = PairEncoder(tokenizer, config.max_length, model_aware=not config.per_model)
+            encoder = PairEncoder(
+                tokenizer, config.max_length, model_aware=not config.per_model, with_context=config.context
+            )
             nets[key] = _fit_one(
                 backbone.model,
                 encoder,
@@ -255,7 +260,9 @@ def train_nets(records: Sequence[Record], config: TrainConfig) -> TrainResult:
                 label=key,
             )
         assert tokenizer is not None
-        encoder = PairEncoder(tokenizer, config.max_length, model_aware=not config.per_model)
+        encoder = PairEncoder(
+            tokenizer, config.max_length, model_aware=not config.per_model, with_context=config.context
+        )
         calibrators: dict[str, Calibrator] = {}
         metrics: dict[str, dict[str, float]] = {}
         for model in models:

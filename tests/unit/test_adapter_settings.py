@@ -32,6 +32,7 @@ SETTINGS = [
     "max_tokens",
     "tenant",
     "user",
+    "tenant_profiles",
     "answer_cache",
     "budget",
     "on_budget",
