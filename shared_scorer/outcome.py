@@ -13,7 +13,8 @@ from shared_scorer.context import CallContext
 from shared_scorer.errors import StageFailure
 from shared_scorer.protocols import CacheHit
 
-Status = Literal["accepted", "rejected", "error", "invalid", "over_budget", "not_called"]
+Status = Literal["accepted", "rejected", "error", "invalid", "over_budget", "not_called", "routed_past"]
+"""``routed_past``: the router predicted this stage would fail on this query; it was not called."""
 
 
 def usd(amount: Decimal) -> str:
@@ -103,7 +104,7 @@ class Attempt:
     @property
     def called(self) -> bool:
         """Whether the provider was called (and so may have cost money)."""
-        return self.status not in ("not_called", "over_budget")
+        return self.status not in ("not_called", "over_budget", "routed_past")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -188,6 +189,7 @@ class CascadeResult:
             },
             "budget_stopped": self.budget_stopped,
             "stages": [a.as_dict() for a in self.attempts],
+            **({"tier": self.context.tier} if self.context.tier else {}),  # the caller tier the call ran in
         }
 
 

@@ -28,6 +28,7 @@ FILE_NAME = "strategy.json"
 EPS = 1e-12
 """Accuracy or cost differences below this are ties (they come from summing floats in another order)."""
 _CAPPED = re.compile(r"^(?P<model>.+)@(?P<cap>[1-9][0-9]*)$")
+_GATED = re.compile(r"^(?P<entry>.+)\|prior>=(?P<gate>[01](?:\.[0-9]+)?)$")
 
 
 def capped_name(model: str, cap: int) -> str:
@@ -41,8 +42,28 @@ def split_cap(name: str) -> tuple[str, int | None]:
     >>> split_cap("gemini-3.1-pro-preview@3000"), split_cap("gpt-5-mini")
     (('gemini-3.1-pro-preview', 3000), ('gpt-5-mini', None))
     """
-    match = _CAPPED.match(name)
-    return (match["model"], int(match["cap"])) if match else (name, None)
+    match = _CAPPED.match(split_gate(name)[0])
+    return (match["model"], int(match["cap"])) if match else (split_gate(name)[0], None)
+
+
+def gated_name(name: str, gate: float) -> str:
+    """The chain entry for ``name`` called only when the query prior (the router) is at least ``gate``.
+
+    >>> gated_name("gpt-4o-mini@300", 0.4)
+    'gpt-4o-mini@300|prior>=0.4000'
+    """
+    return f"{name}|prior>={gate:.4f}"
+
+
+def split_gate(name: str) -> tuple[str, float | None]:
+    """``(entry without its gate, gate)``: a gated stage is skipped, at no cost, when the router's predicted
+    probability that its model answers correctly is below the gate.
+
+    >>> split_gate("gpt-4o-mini@300|prior>=0.4000"), split_gate("gpt-4o")
+    (('gpt-4o-mini@300', 0.4), ('gpt-4o', None))
+    """
+    match = _GATED.match(name)
+    return (match["entry"], float(match["gate"])) if match else (name, None)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,11 @@ class Table:
     base: tuple[str, ...] | None = None
     """The provider model behind each column (``model@cap`` columns share their model's); a chain never
     calls one provider model twice. ``None``: every column is its own model."""
+    after: np.ndarray | None = None
+    """``after[i, p, m]``: column ``m``'s score when the stage before it was column ``p`` (its signals then
+    include the agreement of the two answers); ``None``: ``scores`` at every position."""
+    first_only: frozenset[int] = frozenset()
+    """Columns that may only start a chain (a router's gated first stage)."""
 
     @classmethod
     def of(
@@ -97,6 +102,8 @@ class Table:
         costs: np.ndarray,
         valid: np.ndarray | None = None,
         base: Sequence[str] | None = None,
+        after: np.ndarray | None = None,
+        first_only: Sequence[int] = (),
     ) -> Table:
         """Validate shapes and ranges; a bad table is a :class:`DataError` naming the array."""
         arrays = {}
@@ -126,7 +133,30 @@ class Table:
         mask = None if valid is None else arrays["valid"].astype(bool)
         if mask is not None and (arrays["correct"][~mask] != 0).any():
             raise DataError("an invalid answer cannot be correct (correct must be 0 where valid is False)")
-        return cls(tuple(models), s, arrays["correct"], arrays["costs"], mask, None if base is None else tuple(base))
+        conditional = None
+        if after is not None:
+            conditional = np.asarray(after, dtype=float)
+            n, k = s.shape
+            if conditional.shape != (n, k, k):
+                raise DataError(f"after must have shape ({n}, {k}, {k}), got {conditional.shape}")
+            if not np.isfinite(conditional).all() or (conditional < 0).any() or (conditional > 1).any():
+                raise DataError("after must hold finite scores in [0, 1]")
+        return cls(
+            tuple(models),
+            s,
+            arrays["correct"],
+            arrays["costs"],
+            mask,
+            None if base is None else tuple(base),
+            conditional,
+            frozenset(int(j) for j in first_only),
+        )
+
+    def score_after(self, previous: int | None, m: int) -> np.ndarray:
+        """Column ``m``'s scores when column ``previous`` came before it (``None``: it starts the chain)."""
+        if previous is None or self.after is None:
+            return self.scores[:, m]
+        return self.after[:, previous, m]
 
     def usable(self, m: int) -> np.ndarray:
         """Which queries have a usable answer from column ``m``."""
@@ -174,7 +204,8 @@ def evaluate_chain(table: Table, chain: Sequence[str], thresholds: Sequence[floa
         reach.append(float(active.mean()))
         cost += float(table.costs[active, m].sum())
         last = level == len(idx) - 1
-        accept = active if last else active & table.usable(m) & (table.scores[:, m] >= thresholds[level])
+        scores = table.score_after(idx[level - 1] if level else None, m)
+        accept = active if last else active & table.usable(m) & (scores >= thresholds[level])
         correct += float(table.correct[accept, m].sum())
         active &= ~accept
     return ChainFigures(correct / table.n, cost / table.n, tuple(reach))
@@ -224,8 +255,7 @@ def search(
     max_depth = min(max_depth, n_models)
     if isinstance(candidates, str):
         cands = [
-            candidate_thresholds(table.scores[table.usable(m), m], candidates, grid_points, max_quantiles)
-            for m in range(n_models)
+            candidate_thresholds(_all_scores(table, m), candidates, grid_points, max_quantiles) for m in range(n_models)
         ]
     else:
         if len(candidates) != n_models:
@@ -235,10 +265,15 @@ def search(
             raise ConfigurationError("candidate thresholds must be non-empty and lie in [0, 1]")
     sizes = [len(c) for c in cands]
     # an unusable answer sits in bin 0: it escalates under every threshold
-    bins = [
-        np.where(table.usable(m), np.searchsorted(cands[m], table.scores[:, m], side="right"), 0).astype(np.int64)
-        for m in range(n_models)
-    ]
+    binned: dict[tuple[int | None, int], np.ndarray] = {}
+
+    def bins(previous: int | None, m: int) -> np.ndarray:
+        key = (previous if table.after is not None else None, m)
+        if key not in binned:
+            scores = table.score_after(key[0], m)
+            binned[key] = np.where(table.usable(m), np.searchsorted(cands[m], scores, side="right"), 0).astype(np.int64)
+        return binned[key]
+
     total_correct = table.correct.sum(axis=0)
     total_cost = table.costs.sum(axis=0)
     found = _Found([], [], [], [], [])
@@ -255,7 +290,7 @@ def search(
             )
         window = tuple(slice(0, d - 1) for d in dims)
         for m in range(n_models):
-            if any(table.same_model(m, c) for c in chain):
+            if m in table.first_only or any(table.same_model(m, c) for c in chain):
                 continue
             new_correct = correct[..., None] + _reach_sums(
                 flat, dims, table.correct[:, m] - table.correct[:, last], window
@@ -263,12 +298,13 @@ def search(
             new_cost = cost[..., None] + _reach_sums(flat, dims, table.costs[:, m], window)
             found.add((*chain, m), new_correct, new_cost)
             if len(chain) + 1 < max_depth:
-                extend((*chain, m), flat * (sizes[m] + 1) + bins[m], (*dims, sizes[m] + 1), new_correct, new_cost)
+                extend((*chain, m), flat * (sizes[m] + 1) + bins(last, m), (*dims, sizes[m] + 1), new_correct, new_cost)
 
     for m in range(n_models):
-        found.add((m,), np.asarray(total_correct[m]), np.asarray(total_cost[m]))
+        if m not in table.first_only:  # a gated stage alone is not a cascade: its skipped queries get no answer
+            found.add((m,), np.asarray(total_correct[m]), np.asarray(total_cost[m]))
         if max_depth > 1:
-            extend((m,), bins[m], (sizes[m] + 1,), np.asarray(total_correct[m]), np.asarray(total_cost[m]))
+            extend((m,), bins(None, m), (sizes[m] + 1,), np.asarray(total_correct[m]), np.asarray(total_cost[m]))
 
     correct_all = np.concatenate(found.correct)
     cost_all = np.concatenate(found.cost)
@@ -284,6 +320,14 @@ def search(
         figures = evaluate_chain(table, names, thresholds)
         points.append(FrontierPoint(names, thresholds, figures.accuracy, figures.cost, figures.reach))
     return Frontier(points)
+
+
+def _all_scores(table: Table, m: int) -> np.ndarray:
+    """Every score column ``m`` can have, at any position, where its answer is usable."""
+    usable = table.usable(m)
+    if table.after is None:
+        return table.scores[usable, m]
+    return np.concatenate([table.scores[usable, m], table.after[usable][:, :, m].ravel()])
 
 
 def _reach_sums(flat: np.ndarray, dims: tuple[int, ...], weights: np.ndarray, window: tuple[slice, ...]) -> np.ndarray:
@@ -303,6 +347,8 @@ def brute_force_points(
         for chain in itertools.permutations(range(len(table.models)), depth):
             if any(table.same_model(a, b) for a, b in itertools.combinations(chain, 2)):
                 continue
+            if any(m in table.first_only for m in chain[1:]) or (depth == 1 and chain[0] in table.first_only):
+                continue
             grids = [np.unique(np.asarray(candidates[m], dtype=float)) for m in chain[:-1]]
             for thresholds in itertools.product(*grids):
                 names = tuple(table.models[m] for m in chain)
@@ -311,7 +357,8 @@ def brute_force_points(
                     for level, m in enumerate(chain):
                         cost += table.costs[i, m]
                         usable = table.valid is None or table.valid[i, m]
-                        if level == depth - 1 or (usable and table.scores[i, m] >= thresholds[level]):
+                        score = table.score_after(chain[level - 1] if level else None, m)[i]
+                        if level == depth - 1 or (usable and score >= thresholds[level]):
                             correct += table.correct[i, m]
                             break
                 out.append((names, tuple(float(t) for t in thresholds), correct / table.n, cost / table.n))
