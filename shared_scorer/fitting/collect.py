@@ -11,7 +11,10 @@ Providers file (JSON: a list, or ``{"providers": [...]}``), one object per provi
      "price": {"input_per_mtok": 0.25, "output_per_mtok": 2.0},   # optional override, USD / million tokens
      "concurrency": 8}                         # optional: requests in flight for this provider
 
-Labelled queries (JSON Lines): ``{"query": str, "reference": str, "system": str?, "query_id": str?}``.
+Labelled queries (JSON Lines): ``{"query": str, "reference": str, "system": str?, "query_id": str?,
+"history": [{"role": "user" | "assistant", "content": str}, ...]?, "profile": str | object?}``.
+``history`` (earlier turns) is sent before the query; ``profile`` (who asks) is not sent, only recorded
+for the scorer. Both are written to the recorded rows (``history`` as ``"role: text"`` strings).
 
 The output file is its own resumable store: each answer is appended (and flushed to disk) as soon as it
 is graded, and a rerun skips every (query, provider) already in the file, so no answered query is paid
@@ -34,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from shared_scorer.context import render_profile
 from shared_scorer.costs import Price, as_price, resolve_price
 from shared_scorer.errors import ConfigurationError, DataError
 from shared_scorer.fitting.data import parse_record
@@ -68,6 +72,10 @@ class LabelledQuery:
     query: str
     reference: str
     system: str | None = None
+    history: tuple[tuple[str, str], ...] = ()
+    """Earlier turns, ``(role, text)``, sent before the query."""
+    profile: str | None = None
+    """The caller's profile as text (recorded for the scorer, never sent)."""
 
 
 def _import_class(spec: str, where: str) -> Any:
@@ -140,9 +148,30 @@ def load_providers(path: str | Path) -> list[Provider]:
     return providers
 
 
-def query_id_of(query: str, system: str | None) -> str:
-    """A stable id from the system prompt and the query."""
-    return "q-" + hashlib.sha256(f"{system or ''}\x00{query}".encode()).hexdigest()[:16]
+def query_id_of(
+    query: str, system: str | None, history: Sequence[tuple[str, str]] = (), profile: str | None = None
+) -> str:
+    """A stable id from the system prompt and the query (and the history and profile, when given: ids
+    of queries without them are unchanged)."""
+    text = f"{system or ''}\x00{query}"
+    if history or profile:
+        text += "\x00" + json.dumps([list(history), profile or ""], ensure_ascii=False)
+    return "q-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _history(value: object, where: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    turns = value if isinstance(value, list) else None
+    if turns is None or not all(
+        isinstance(t, dict) and t.get("role") in ("user", "assistant") and isinstance(t.get("content"), str)
+        for t in turns
+    ):
+        raise DataError(
+            f"{where}: field 'history' must be a list of {{'role': 'user' | 'assistant', 'content': str}}, "
+            f"got {value!r:.80}"
+        )
+    return tuple((t["role"], t["content"]) for t in turns)
 
 
 def load_queries(path: str | Path) -> list[LabelledQuery]:
@@ -158,13 +187,18 @@ def load_queries(path: str | Path) -> list[LabelledQuery]:
         system = row.get("system")
         if system is not None and not isinstance(system, str):
             raise DataError(f"{where}: field 'system' must be a string or absent")
-        qid = row.get("query_id") or query_id_of(row["query"], system)
+        history = _history(row.get("history"), where)
+        profile = row.get("profile")
+        if profile is not None and not isinstance(profile, str | dict):
+            raise DataError(f"{where}: field 'profile' must be a string, an object or absent, got {profile!r:.60}")
+        profile = render_profile(profile) or None
+        qid = row.get("query_id") or query_id_of(row["query"], system, history, profile)
         if not isinstance(qid, str):
             raise DataError(f"{where}: field 'query_id' must be a string")
         if qid in seen:
             raise DataError(f"{where}: duplicate query_id {qid!r}")
         seen.add(qid)
-        out.append(LabelledQuery(qid, row["query"], row["reference"], system))
+        out.append(LabelledQuery(qid, row["query"], row["reference"], system, history, profile))
     return out
 
 
@@ -228,7 +262,7 @@ def _text(message: Any) -> str:
 
 
 def _messages(q: LabelledQuery) -> list[tuple[str, str]]:
-    return ([("system", q.system)] if q.system else []) + [("user", q.query)]
+    return ([("system", q.system)] if q.system else []) + list(q.history) + [("user", q.query)]
 
 
 async def _ask(
@@ -296,6 +330,10 @@ async def collect_async(
         row: dict[str, Any] = {"query_id": q.query_id, "query": q.query}
         if q.system:
             row["system"] = q.system
+        if q.profile:
+            row["profile"] = q.profile
+        if q.history:
+            row["history"] = [f"{role}: {text}" for role, text in q.history]
         row |= {
             "model": provider.name,
             "answer": answer,

@@ -158,3 +158,28 @@ def test_bad_inputs_name_file_and_field(tmp_path: Path) -> None:
     queries.write_text('{"query": "a", "reference": "b"}\n{"query": "c"}\n')
     with pytest.raises(DataError, match=r"q.jsonl:2: field 'reference'"):
         load_queries(queries)
+
+
+def test_collect_sends_the_history_and_records_history_and_profile(tmp_path: Path, server: Any) -> None:
+    providers, _ = write_inputs(tmp_path, server)
+    queries = tmp_path / "with_context.jsonl"
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    row = {"query": QUESTIONS[0][0], "reference": "0", "history": history, "profile": {"tier": "gold"}}
+    queries.write_text(json.dumps(row) + "\n")
+    (loaded,) = load_queries(queries)
+    assert loaded.history == (("user", "hi"), ("assistant", "hello")) and loaded.profile == "tier: gold"
+    # a query with context gets its own id; one without keeps the id it always had
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"query": QUESTIONS[0][0], "reference": "0"}) + "\n")
+    assert load_queries(plain)[0].query_id != loaded.query_id
+    out = tmp_path / "recorded.jsonl"
+    collect(load_providers(providers), [loaded], normalized_containment, out, progress=False, backoff=0.01)
+    rows = load_records(out)
+    assert sorted((r.model, r.profile, r.history) for r in rows) == [
+        ("big", "tier: gold", ("user: hi", "assistant: hello")),
+        (SMALL, "tier: gold", ("user: hi", "assistant: hello")),
+    ]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"query": "q", "reference": "r", "history": ["hi"]}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:1: field 'history' must be a list of"):
+        load_queries(bad)
