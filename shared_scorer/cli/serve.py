@@ -3,6 +3,7 @@
 frugal serve --strategy PATH --keys KEYS.json --stages-base-url URL [--framework langchain|llamaindex]
              [--ledger URL] [--limit SPEC ...] [--max-tokens N] [--stage-timeout S] [--stage-retries N]
              [--max-body-bytes N] [--answer-cache SPEC]
+             [--host HOST] [--port PORT] [--workers N]
 
 The framework-free part is :mod:`shared_scorer.server.gateway`; the backend (``frugal_langchain.serve`` or
 ``frugal_llamaindex.serve``, by ``--framework``) is imported only when the command runs, naming the extras
@@ -12,6 +13,7 @@ to install when it is missing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 from pathlib import Path
@@ -102,6 +104,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="worker processes serving the port (uvicorn workers, default: 1); each builds its own cascade, "
+        "so give them a shared --ledger (redis://... or a SQLite file) and --answer-cache",
+    )
     serve.set_defaults(run=_run_serve)
 
 
@@ -142,8 +151,18 @@ def load_backend_module(framework: str) -> Any:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    module = load_backend_module(args.framework)
+    if args.workers > 1:
+        return _run_workers(args)
     import uvicorn
+
+    app = build_app(args)
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
+
+
+def build_app(args: argparse.Namespace) -> Any:
+    """The ASGI app ``frugal serve`` serves for ``args`` (its parsed options), built once per worker."""
+    module = load_backend_module(args.framework)
 
     from shared_scorer.budget import Budget, LedgerCostTracker, open_ledger
     from shared_scorer.server.gateway import load_keys, make_app, open_answer_cache
@@ -167,5 +186,108 @@ def _run_serve(args: argparse.Namespace) -> int:
         answer_cache=cache,
     )
     app = make_app(backend, keys, budget, max_body_bytes=args.max_body_bytes)
-    uvicorn.run(app, host=args.host, port=args.port)
+    app.add_middleware(ReplicaHeader)
+    return app
+
+
+# ------------------------------------------------------------------------------- --workers N
+
+SERVE_ARGS_ENV = "FRUGAL_SERVE_ARGS"
+"""How ``frugal serve --workers N`` hands its options to each worker process: JSON, see :func:`encode_args`."""
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    """``--workers N``: uvicorn's supervisor starts N processes on the one port, each building its app by
+    :func:`app_from_env`. What would fail in every worker is checked here once (the extras, the keys
+    file, the strategy, a ledger every worker would hold alone)."""
+    load_backend_module(args.framework)
+    import uvicorn
+
+    from shared_scorer.server.gateway import load_keys
+    from shared_scorer.strategy import Strategy
+
+    if str(args.ledger).startswith("memory:"):
+        raise ConfigurationError(
+            f"frugal serve --workers {args.workers} --ledger {args.ledger}: each worker would keep its own budget; "
+            "give them one ledger (redis://HOST:PORT/DB, or a SQLite file)"
+        )
+    load_keys(args.keys)
+    Strategy.load(args.strategy)
+    os.environ[SERVE_ARGS_ENV] = encode_args(args)
+    try:
+        uvicorn.run(f"{__name__}:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers)
+    finally:
+        os.environ.pop(SERVE_ARGS_ENV, None)
     return 0
+
+
+def app_from_env() -> Any:
+    """uvicorn's app factory in each worker of ``frugal serve --workers N``: the app of the options the
+    command left in ``$FRUGAL_SERVE_ARGS``."""
+    text = os.environ.get(SERVE_ARGS_ENV)
+    if not text:
+        raise ConfigurationError(f"${SERVE_ARGS_ENV} is not set: start the workers with 'frugal serve --workers N'")
+    return build_app(decode_args(text))
+
+
+def encode_args(args: argparse.Namespace) -> str:
+    """``frugal serve``'s parsed options as JSON (paths and limits tagged; the handler left out).
+
+    >>> decode_args(encode_args(argparse.Namespace(strategy=Path("s.json"), limit=[parse_limit("user=5/day")])))
+    Namespace(strategy=PosixPath('s.json'), limit=[Limit(scope='user', usd=Decimal('5'), period='day', tenant=None, user=None)])
+    """  # noqa: E501
+    from shared_scorer.budget import Limit
+
+    def tagged(value: Any) -> Any:
+        if isinstance(value, Path):
+            return {"$path": str(value)}
+        if isinstance(value, Limit):
+            return {"$limit": [value.scope, str(value.usd), value.period, value.tenant, value.user]}
+        raise TypeError(type(value).__name__)
+
+    options = {}
+    for name, value in vars(args).items():
+        if callable(value):
+            continue
+        try:
+            options[name] = json.loads(json.dumps(value, default=tagged))
+        except TypeError as exc:
+            message = f"frugal serve --workers: option {name!r} ({exc}) cannot be passed to the workers"
+            raise ConfigurationError(message) from None
+    return json.dumps(options)
+
+
+def decode_args(text: str) -> argparse.Namespace:
+    """The options :func:`encode_args` wrote."""
+    from shared_scorer.budget import Limit
+
+    def untagged(obj: dict[str, Any]) -> Any:
+        if set(obj) == {"$path"}:
+            return Path(obj["$path"])
+        if set(obj) == {"$limit"}:
+            scope, usd, period, tenant, user = obj["$limit"]
+            return Limit(scope, usd, period, tenant=tenant, user=user)
+        return obj
+
+    return argparse.Namespace(**json.loads(text, object_hook=untagged))
+
+
+class ReplicaHeader:
+    """ASGI middleware: every response says which process answered (``x-frugal-replica: PID``), so that
+    an operator (or a test) behind a load balancer can tell replicas and workers apart."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = (b"x-frugal-replica", str(os.getpid()).encode())
+
+        async def send_tagged(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            await send(message)
+
+        await self.app(scope, receive, send_tagged)
