@@ -10,7 +10,7 @@ from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from shared_scorer.outcome import CascadeResult, StageOutput, ToolCall
+from shared_scorer.outcome import CascadeResult, StageOutput, ToolCall, sum_logprobs
 from shared_scorer.tools import ToolSpec
 
 
@@ -54,6 +54,7 @@ def to_output(message: BaseMessage) -> StageOutput:
         payload=message,
         problems=problems,
         truncated=message.response_metadata.get("finish_reason") == "length",
+        logprob=sum_logprobs(message.response_metadata.get("logprobs")),
     )
     return output
 

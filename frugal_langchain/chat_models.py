@@ -175,11 +175,11 @@ class FrugalChatModel(CascadeSettings, BaseChatModel):
     _stage_kind = "a LangChain chat model (BaseChatModel)"
     _stage_name = staticmethod(stage_name)
     _callable_stages: list[Any] = PrivateAttr()
-    """The stages as they are called (see :func:`_with_stream_usage`)."""
+    """The stages as they are called (see :func:`_with_stream_usage` and :func:`_with_logprobs`)."""
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
-        self._callable_stages = [_with_stream_usage(stage) for stage in self.stages]
+        self._callable_stages = [_with_logprobs(_with_stream_usage(s), self.request_logprobs) for s in self.stages]
 
     @property
     def _llm_type(self) -> str:
@@ -578,6 +578,15 @@ def _with_stream_usage(stage: Any) -> Any:
     (its streamed calls are then billed on an estimate, flagged ``usage_estimated``)."""
     if "stream_usage" in getattr(type(stage), "model_fields", {}) and "stream_usage" not in stage.model_fields_set:
         return stage.model_copy(update={"stream_usage": True})
+    return stage
+
+
+def _with_logprobs(stage: Any, request: bool) -> Any:
+    """The stage as it is called: a copy with ``logprobs=True`` where the client has that field (ChatOpenAI
+    and its kin), ``request`` (``request_logprobs``) is on and the user left it unset, so that its answers
+    carry token log-probabilities (``response_metadata["logprobs"]``) for the scorer."""
+    if request and "logprobs" in getattr(type(stage), "model_fields", {}) and "logprobs" not in stage.model_fields_set:
+        return stage.model_copy(update={"logprobs": True})
     return stage
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole, ToolCallBlock
 from llama_index.core.tools import BaseTool
 
-from shared_scorer.outcome import CascadeResult, StageOutput, ToolCall
+from shared_scorer.outcome import CascadeResult, StageOutput, ToolCall, sum_logprobs
 from shared_scorer.tools import ToolSpec, parse_arguments
 
 
@@ -92,7 +93,29 @@ def to_output(response: ChatResponse) -> StageOutput:
         payload=response,
         problems=tuple(problems),
         truncated=finish_reason(response) == "length",
+        logprob=logprob(response),
     )
+
+
+def logprob(response: ChatResponse) -> float | None:
+    """The sum of the token log-probabilities in the raw reply's first choice (``choices[0].logprobs.content``,
+    a whole reply's or one streamed chunk's), or None when it carries none. (``ChatResponse.logprobs`` is
+    not read: LlamaIndex fills it with each token's ``top_logprobs`` alternatives, not the chosen token.)"""
+    choices = getattr(response.raw, "choices", None)
+    if choices is None and isinstance(response.raw, Mapping):
+        choices = response.raw.get("choices")
+    if not choices:
+        return None
+    first = choices[0]
+    logprobs = first.get("logprobs") if isinstance(first, Mapping) else getattr(first, "logprobs", None)
+    content = logprobs.get("content") if isinstance(logprobs, Mapping) else getattr(logprobs, "content", None)
+    return sum_logprobs(content)
+
+
+def total_logprob(values: Sequence[float | None]) -> float | None:
+    """The sum of streamed chunks' log-probabilities (chunks without any skipped), or None when none had any."""
+    present = [value for value in values if value is not None]
+    return math.fsum(present) if present else None
 
 
 def finish_reason(response: ChatResponse) -> str | None:

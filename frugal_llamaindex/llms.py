@@ -278,9 +278,12 @@ class FrugalLLM(CascadeSettings, FunctionCallingLLM):
         plan = _Plan(messages, [text for _, text in _convert.turns(messages)])
         for i, (stage, limit) in enumerate(zip(self.stages, self._stage_limits(context), strict=True)):
             own = getattr(stage, "max_tokens", None)
+            update: dict[str, Any] = {"logprobs": True} if _asks_logprobs(stage, self.request_logprobs) else {}
             if limit is not None and isinstance(own, int) and own > limit:
                 # LlamaIndex's OpenAI sends its own max_tokens over a call's: call a copy capped at the limit
-                stage = stage.model_copy(update={"max_tokens": limit})
+                update["max_tokens"] = limit
+            if update:
+                stage = stage.model_copy(update=update)
             stage_kwargs = kwargs if limit is None else {**kwargs, "max_tokens": limit}
             if not tools:
                 plan.add(stage, stage.chat, stage.achat, stage_kwargs, self._cascade.models[i])
@@ -411,6 +414,15 @@ def _completion(response: ChatResponse) -> CompletionResponse:
     )
 
 
+def _asks_logprobs(stage: LLM, request: bool) -> bool:
+    """Whether ``stage`` is called as a copy with ``logprobs=True``: ``request`` (``request_logprobs``) is on,
+    its client has the field (OpenAI, OpenAILike), the user left it unset and it talks to a chat endpoint
+    (a completion endpoint would be sent ``logprobs`` as a count)."""
+    if not request or "logprobs" not in type(stage).model_fields or "logprobs" in stage.model_fields_set:
+        return False
+    return getattr(stage, "logprobs", None) is None and stage.metadata.is_chat_model
+
+
 def _with_tools(method: Callable[..., Any], tools: list[BaseTool]) -> Callable[..., Any]:
     def call(messages: Sequence[ChatMessage], **kwargs: Any) -> Any:
         kwargs.pop("messages", None)
@@ -433,8 +445,13 @@ class _Plan:
     ) -> None:
         self.stages.append((stage, sync, asyn, kw, model))
 
-    def _output(self, response: ChatResponse, model: str, *, cut: bool = False) -> StageOutput:
+    def _output(
+        self, response: ChatResponse, model: str, *, cut: bool = False, streamed: list[float | None] | None = None
+    ) -> StageOutput:
+        """The stage's output; ``streamed``: each streamed chunk's log-probability (their sum is the answer's)."""
         output = _convert.to_output(response)
+        if streamed is not None:
+            output = replace(output, logprob=_convert.total_logprob(streamed))
         return with_usage(replace(output, truncated=True) if cut else output, self.prompt, model)
 
     def sync_calls(self) -> list[Callable[[], StageOutput]]:
@@ -465,23 +482,25 @@ class _Plan:
 
     def sync_live(self, progress: LiveProgress) -> Generator[ChatResponse, None, StageOutput]:
         stage, kw, model = self._live_kwargs()
-        last, cut = _EMPTY, False
+        last, cut, logprobs = _EMPTY, False, []
         for response in stage.stream_chat(self.messages, **kw):
             last, cut = response, cut or _convert.finish_reason(response) == "length"
+            logprobs.append(_convert.logprob(response))
             progress.add(response.delta or "")
             yield response
-        return self._output(last, model, cut=cut)
+        return self._output(last, model, cut=cut, streamed=logprobs)
 
     async def async_live(
         self, progress: LiveProgress, done: Callable[[StageOutput], None]
     ) -> AsyncIterator[ChatResponse]:
         stage, kw, model = self._live_kwargs()
-        last, cut = _EMPTY, False
+        last, cut, logprobs = _EMPTY, False, []
         async for response in await stage.astream_chat(self.messages, **kw):
             last, cut = response, cut or _convert.finish_reason(response) == "length"
+            logprobs.append(_convert.logprob(response))
             progress.add(response.delta or "")
             yield response
-        done(self._output(last, model, cut=cut))
+        done(self._output(last, model, cut=cut, streamed=logprobs))
 
 
 _EMPTY = ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=""))

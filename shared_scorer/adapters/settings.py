@@ -135,6 +135,13 @@ class CascadeSettings(BaseModel):
         description="The most output tokens each stage may write, by stage model name (bounds budget "
         "reservations; needed for a stage whose client sets no ``max_tokens``). Each stage call is sent at most this.",
     )
+    request_logprobs: bool = Field(
+        default=True,
+        description="Ask each stage whose client supports it (ChatOpenAI, LlamaIndex OpenAI/OpenAILike) for the "
+        "answer's token log-probabilities, called as a copy with ``logprobs=True`` unless the stage sets "
+        "``logprobs`` itself; the scorer sees their sum as ``ScoreRequest.logprob`` (None where the provider "
+        "gives none). Turn off for a server that rejects ``logprobs``.",
+    )
 
     _stage_type: ClassVar[type] = object
     """The framework's model class: every stage must be an instance of it."""

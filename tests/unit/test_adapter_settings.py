@@ -38,6 +38,7 @@ SETTINGS = [
     "on_budget",
     "strategy_id",
     "max_output_tokens",
+    "request_logprobs",
 ]
 ADAPTERS = [FrugalChatModel, FrugalLLM]
 
