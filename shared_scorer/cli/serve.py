@@ -2,7 +2,7 @@
 
 frugal serve --strategy PATH --keys KEYS.json --stages-base-url URL [--framework langchain|llamaindex]
              [--ledger URL] [--limit SPEC ...] [--max-tokens N] [--stage-timeout S] [--stage-retries N]
-             [--max-body-bytes N] [--answer-cache SPEC]
+             [--max-body-bytes N] [--answer-cache SPEC] [--admin-key KEY]
              [--host HOST] [--port PORT] [--workers N]
 
 The framework-free part is :mod:`shared_scorer.server.gateway`; the backend (``frugal_langchain.serve`` or
@@ -102,6 +102,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
         action="store_true",
         help="answer cache: exact matches only (no embedding model is loaded)",
     )
+    serve.add_argument(
+        "--admin-key",
+        help="serve the read-only operator's dashboard at /dashboard to this key (default: $FRUGAL_ADMIN_KEY, "
+        "better than a flag others can see in ps); without one, no dashboard is served",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
@@ -165,6 +170,7 @@ def build_app(args: argparse.Namespace) -> Any:
     module = load_backend_module(args.framework)
 
     from shared_scorer.budget import Budget, LedgerCostTracker, open_ledger
+    from shared_scorer.server.dashboard import ADMIN_KEY_ENV, serve_routes
     from shared_scorer.server.gateway import load_keys, make_app, open_answer_cache
     from shared_scorer.strategy import Strategy
 
@@ -173,6 +179,8 @@ def build_app(args: argparse.Namespace) -> Any:
     ledger = open_ledger(args.ledger)
     budget = Budget(ledger, args.limit) if args.limit else None
     cache = open_answer_cache(args.answer_cache, semantic=not args.answer_cache_exact) if args.answer_cache else None
+    admin_key = args.admin_key or os.environ.get(ADMIN_KEY_ENV)
+    dashboard = serve_routes(admin_key, ledger, chain=strategy.chain, thresholds=strategy.thresholds, api_keys=keys)
     backend = module.serve_backend(
         strategy,
         base_url=args.stages_base_url,
@@ -185,7 +193,7 @@ def build_app(args: argparse.Namespace) -> Any:
         on_budget=args.on_budget,
         answer_cache=cache,
     )
-    app = make_app(backend, keys, budget, max_body_bytes=args.max_body_bytes)
+    app = make_app(backend, keys, budget, max_body_bytes=args.max_body_bytes, routes=dashboard)
     app.add_middleware(ReplicaHeader)
     return app
 

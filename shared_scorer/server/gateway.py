@@ -414,11 +414,13 @@ def make_app(
     budget: Budget | None = None,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    routes: Sequence[Any] = (),
 ) -> Starlette:
     """An ASGI app serving ``backend`` to the holders of ``keys`` (each key to its scope).
 
     ``budget`` is the one the backend's model was built with, kept as ``app.state.budget``;
-    ``max_body_bytes`` bounds a request body (413 above it). Example::
+    ``max_body_bytes`` bounds a request body (413 above it); ``routes`` are more Starlette routes served
+    beside ``/v1``, which check their own keys (``Dashboard(...).routes()``: ``/dashboard``). Example::
 
         backend = LangChainBackend(FrugalChatModel.from_strategy(strategy, stages, budget=budget))
         app = make_app(backend, {"sk-acme": {"tenant": "acme"}}, budget)
@@ -478,8 +480,8 @@ def make_app(
             return error_response(401, unauthorised)
         return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "frugal"}]})
 
-    routes = [Route("/v1/chat/completions", completions, methods=["POST"]), Route("/v1/models", models)]
-    app = Starlette(routes=routes)
+    served = [Route("/v1/chat/completions", completions, methods=["POST"]), Route("/v1/models", models), *routes]
+    app = Starlette(routes=served)
     app.state.backend = backend
     app.state.budget = budget
     return app
