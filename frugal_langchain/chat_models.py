@@ -112,7 +112,9 @@ class FrugalChatModel(CascadeSettings, BaseChatModel):
         ['George', ' ', 'Eliot', '']
 
     Tool calling:
-        Tools are bound to every stage; a tool call that does not parse or fit its schema escalates.
+        Tools are bound to every stage; a tool call that does not parse or fit its schema escalates. A
+        valid one is accepted without a score (``tool_call_policy="validate"``, the default; ``"score"``
+        or a scorer of tool calls rates it instead); final answers are rated by ``scorer``.
 
         >>> from langchain_core.messages import AIMessage
         >>> class ToolFake(GenericFakeChatModel):  # a fake stage that "supports" tools

@@ -117,7 +117,9 @@ class FrugalLLM(CascadeSettings, FunctionCallingLLM):
         ['George Eliot', '']
 
     Tool calling:
-        Tools go to every stage; a tool call that does not parse or fit its schema escalates.
+        Tools go to every stage; a tool call that does not parse or fit its schema escalates. A valid
+        one is accepted without a score (``tool_call_policy="validate"``, the default; ``"score"`` or a
+        scorer of tool calls rates it instead); final answers are rated by ``scorer``.
 
         >>> from llama_index.core.base.llms.types import ToolCallBlock
         >>> from llama_index.core.tools import FunctionTool

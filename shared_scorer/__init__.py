@@ -35,6 +35,7 @@ from shared_scorer.protocols import (
     Reservation,
 )
 from shared_scorer.scoring.base import FunctionScorer, Scorer, ScoreRequest
+from shared_scorer.steps import StepPolicy
 from shared_scorer.tools import ToolCallValidator, ToolSpec
 from shared_scorer.tracking import CostTracker
 
@@ -81,6 +82,7 @@ __all__ = [
     "ScorerError",
     "StageFailure",
     "StageOutput",
+    "StepPolicy",
     "TokenPrice",
     "ToolCall",
     "ToolCallValidator",

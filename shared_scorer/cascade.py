@@ -28,7 +28,7 @@ from shared_scorer.errors import (
     LedgerError,
     StageFailure,
 )
-from shared_scorer.outcome import Attempt, CascadeResult, StageOutput, tool_text, usd
+from shared_scorer.outcome import Attempt, CascadeResult, StageOutput, usd
 from shared_scorer.protocols import (
     AnswerCacheHook,
     AsyncAnswerCacheHook,
@@ -39,6 +39,7 @@ from shared_scorer.protocols import (
     Reservation,
 )
 from shared_scorer.scoring.base import AsyncScorer, Scorer, ScoreRequest, as_scorer, check_score
+from shared_scorer.steps import StepPolicy, as_step_policy, step_answer, step_kind
 from shared_scorer.streaming import (
     AsyncLiveStream,
     Called,
@@ -97,6 +98,14 @@ class _Settle:
 
 
 @dataclass
+class _RateToolCall:
+    """A tool-call step to be rated by the step policy's own scorer (``StepPolicy(tool_calls=scorer)``)."""
+
+    request: ScoreRequest
+    scorer: Scorer
+
+
+@dataclass
 class _HookFailed:
     """A budget call that raised something other than :class:`BudgetExceeded` (the ledger is down, say)."""
 
@@ -132,6 +141,12 @@ class Cascade:
     A stage that raises is logged (a ``logging`` warning, at most once per stage per
     :class:`StageFailureWarnings` window, with the count) and counted in the tracker's summary.
 
+    ``step_policy`` (a :class:`~shared_scorer.steps.StepPolicy`, or what its ``tool_calls`` takes) says how
+    an agent's steps are judged. By default (``"validate"``) a reply with tool calls is accepted when the
+    call's ``validate`` passes (every call names an offered tool and fits its schema), with no score, and
+    escalates otherwise; ``"score"`` rates it with ``scorer``, a scorer given there rates it instead. Final
+    answers are always rated by ``scorer``.
+
     >>> cascade = Cascade(["small", "big"], thresholds=[0.5], scorer=lambda q, a: 0.9,
     ...                   prices={"small": (1, 2), "big": (10, 20)})
     >>> result = cascade.run("2+2?", [lambda: StageOutput("4", 10, 1), lambda: StageOutput("4", 10, 1)])
@@ -152,6 +167,7 @@ class Cascade:
         budget: BudgetHook | None = None,
         on_budget: BudgetPolicy = "stop",
         output_limits: Sequence[int | None] | None = None,
+        step_policy: StepPolicy | str | Scorer | Callable[..., float] | None = None,
     ) -> None:
         self.models = list(models)
         if not self.models:
@@ -170,6 +186,7 @@ class Cascade:
         self.budget = budget
         self.output_limits: list[int | None] = self._check_limits(output_limits)
         self.failure_warnings = StageFailureWarnings()
+        self.step_policy = as_step_policy(step_policy)
 
     def _check_limits(self, limits: Sequence[int | None] | None) -> list[int | None]:
         if limits is None:
@@ -205,7 +222,8 @@ class Cascade:
     def _decide(
         self, query: str, validate: Validator | None, context: CallContext
     ) -> Generator[object, Any, CascadeResult]:
-        """Yield steps (``_Lookup``, ``_Reserve``, ``_Call``, ``ScoreRequest``, ``_Settle``, ``_Store``)."""
+        """Yield steps (``_Lookup``, ``_Reserve``, ``_Call``, ``ScoreRequest``, ``_RateToolCall``, ``_Settle``,
+        ``_Store``)."""
         n = len(self.models)
         attempts = [Attempt(stage=i, model=m) for i, m in enumerate(self.models)]
         if self.answer_cache is not None and context.cacheable:
@@ -257,7 +275,11 @@ class Cascade:
                 self.failure_warnings.failed(i, attempt.model, attempt.error)
                 continue
             output = called.output
-            reason = _check_output(output) or (validate(output) if validate else None)
+            reason = (
+                _check_output(output)
+                or (validate(output) if validate else None)
+                or self.step_policy.unchecked(output, validate is not None)
+            )
             if reason is not None:
                 attempt.status = "invalid"
                 attempt.error = reason
@@ -265,10 +287,12 @@ class Cascade:
                 continue
             outputs[i] = output
             attempt.logprob = _logprob(getattr(output, "logprob", None))
-            if not last or self.return_policy == "best":
+            # a tool-call step that passed validation is accepted on it (StepPolicy(tool_calls="validate"))
+            validated = step_kind(output) == "tool_call" and self.step_policy.validates_tool_calls
+            if not validated and (not last or self.return_policy == "best"):
                 request = ScoreRequest(
                     query,
-                    output.text or tool_text(output),
+                    step_answer(output),
                     attempt.model,
                     i,
                     tuple(answers),
@@ -279,12 +303,14 @@ class Cascade:
                     tool_results=context.tool_results,
                     profile=context.profile,
                 )
-                attempt.score = check_score((yield request), request)
+                attempt.score = check_score((yield self._rating(request, output)), request)
                 if best is None or attempt.score > (attempts[best].score or 0.0):
                     best = i
             answers.append(output.text)
-            accepted = (last and self.return_policy == "last") or (
-                not last and attempt.score is not None and attempt.score >= self.thresholds[i]
+            accepted = (
+                validated
+                or (last and self.return_policy == "last")
+                or (not last and attempt.score is not None and attempt.score >= self.thresholds[i])
             )
             if accepted:
                 attempt.status = "accepted"
@@ -301,6 +327,14 @@ class Cascade:
         if not fallback:
             yield from self._store(query, context, result)
         return result
+
+    def _rating(self, request: ScoreRequest, output: StageOutput) -> ScoreRequest | _RateToolCall:
+        """The step that rates ``output``: its request for the cascade's scorer, or, for a tool-call step
+        under a policy with a tool-call scorer, that scorer's step."""
+        scorer = self.step_policy.tool_call_scorer
+        if scorer is None or step_kind(output) != "tool_call":
+            return request
+        return _RateToolCall(request, scorer)
 
     def _store(self, query: str, context: CallContext, result: CascadeResult) -> Generator[object, Any, None]:
         """Only answers the cascade accepted outright, with text and no tool calls, are cached."""
@@ -513,6 +547,8 @@ class Cascade:
     def _sync_step(self, step: object, calls: Sequence[StageCall]) -> Any:
         if isinstance(step, ScoreRequest):
             return self.scorer.score(step)
+        if isinstance(step, _RateToolCall):
+            return step.scorer.score(step.request)
         if isinstance(step, _Call):
             started = time.perf_counter()
             try:
@@ -527,6 +563,10 @@ class Cascade:
             if isinstance(self.scorer, AsyncScorer):
                 return await self.scorer.ascore(step)
             return self.scorer.score(step)
+        if isinstance(step, _RateToolCall):
+            if isinstance(step.scorer, AsyncScorer):
+                return await step.scorer.ascore(step.request)
+            return step.scorer.score(step.request)
         if isinstance(step, _Call):
             started = time.perf_counter()
             try:

@@ -75,6 +75,14 @@ class CascadeSettings(BaseModel):
         description="``'last'``: when no earlier stage is accepted, return the last stage's answer. ``'best'``: "
         "return the best-scored answer seen (the last stage is then scored and buffered when streaming).",
     )
+    tool_call_policy: Any = Field(
+        default="validate",
+        description="How a reply with tool calls (an agent's tool-call step) is judged. ``'validate'`` (default): "
+        "accepted when every call names an offered tool and its arguments fit that tool's JSON schema, with no "
+        "score (the trail's score is None); escalates otherwise. ``'score'``: rated by ``scorer`` against the "
+        "stage threshold. A ``Scorer`` or ``(query, answer) -> [0, 1]`` (e.g. fitted on tool-call outcomes): "
+        "rated by it. Invalid calls escalate under every policy; final answers are always rated by ``scorer``.",
+    )
     cost_tracker: CostTracker = Field(
         default_factory=CostTracker,
         exclude=True,
@@ -215,6 +223,7 @@ class CascadeSettings(BaseModel):
             budget=self.budget,
             on_budget=self.on_budget,
             output_limits=limits,
+            step_policy=self.tool_call_policy,
         )
 
     # ------------------------------------------------------------------ what every call does

@@ -26,6 +26,7 @@ SETTINGS = [
     "thresholds",
     "prices",
     "return_policy",
+    "tool_call_policy",
     "cost_tracker",
     "model_name",
     "temperature",

@@ -62,6 +62,7 @@ REQUEST_PATH = (
             "streaming",
             "strategy",
             "tools",
+            "steps",
             "tokens",
             "adapters.*",
             "scoring",
