@@ -60,7 +60,7 @@ class StageOutput:
 def sum_logprobs(tokens: object) -> float | None:
     """The sum of the ``logprob`` of OpenAI token entries (dicts or objects, as
     ``choices[0].logprobs.content`` holds them; a ``{"content": [...]}`` mapping is read too), or None
-    when there are none or one has no numeric ``logprob``.
+    when there are none or one's ``logprob`` is not a finite number <= 0.
 
     >>> sum_logprobs([{"token": "A", "logprob": -0.25}, {"token": ".", "logprob": -0.5}])
     -0.75
@@ -72,7 +72,7 @@ def sum_logprobs(tokens: object) -> float | None:
     total = []
     for token in tokens:
         value = token.get("logprob") if isinstance(token, Mapping) else getattr(token, "logprob", None)
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value > 0:
             return None
         total.append(float(value))
     return math.fsum(total)

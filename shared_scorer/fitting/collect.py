@@ -19,6 +19,10 @@ for the scorer. Both are written to the recorded rows (``history`` as ``"role: t
 The output file is its own resumable store: each answer is appended (and flushed to disk) as soon as it
 is graded, and a rerun skips every (query, provider) already in the file, so no answered query is paid
 for twice. A line cut short by a crash is dropped on the next run.
+
+Each answer's log-probability (the sum of its token log-probabilities) is recorded as ``logprob`` where the
+provider returns one: a chat model with a ``logprobs`` field (ChatOpenAI) is asked with ``logprobs=True``
+unless its ``kwargs`` set ``logprobs`` (``false`` for a server that rejects it).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from shared_scorer.errors import ConfigurationError, DataError
 from shared_scorer.fitting.data import parse_record
 from shared_scorer.fitting.grading import Metric
 from shared_scorer.jsonl import decode_line, iter_json_lines
+from shared_scorer.outcome import sum_logprobs
 
 
 @dataclass
@@ -261,6 +266,15 @@ def _text(message: Any) -> str:
     return content if isinstance(content, str) else json.dumps(content, default=str)
 
 
+def _with_logprobs(model: Any) -> Any:
+    """``model``, or a copy asking for token log-probabilities where it has a ``logprobs`` field the
+    provider's ``kwargs`` left unset (ChatOpenAI and its kin)."""
+    fields = getattr(type(model), "model_fields", {})
+    if "logprobs" in fields and "logprobs" not in getattr(model, "model_fields_set", {"logprobs"}):
+        return model.model_copy(update={"logprobs": True})
+    return model
+
+
 def _messages(q: LabelledQuery) -> list[tuple[str, str]]:
     return ([("system", q.system)] if q.system else []) + list(q.history) + [("user", q.query)]
 
@@ -307,7 +321,7 @@ async def collect_async(
     prices = {p.name: p.resolved_price() for p in providers}
     todo = [(p, q) for p in providers for q in queries if (q.query_id, p.name) not in store.done]
     skipped = len(providers) * len(queries) - len(todo)
-    models = {p.name: p.factory() for p in providers}
+    models = {p.name: _with_logprobs(p.factory()) for p in providers}
     limits = {p.name: asyncio.Semaphore(concurrency or p.concurrency) for p in providers}
     rng = np.random.default_rng(seed)
     spent = Decimal(0)
@@ -342,6 +356,7 @@ async def collect_async(
             "output_tokens": tokens_out,
             "cost_usd": float(cost),
             "reference": q.reference,
+            "logprob": sum_logprobs((getattr(message, "response_metadata", None) or {}).get("logprobs")),
         }
         store.append({k: v for k, v in row.items() if v is not None or k == "reference"})
         spent += cost

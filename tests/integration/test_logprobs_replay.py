@@ -170,3 +170,64 @@ def test_llamaindex_logprob_is_none_without_a_recorded_value_or_when_turned_off(
     li(server, scorer, return_policy="best", request_logprobs=False).chat(ask(QUESTION))
     li(server, scorer, return_policy="best", small={"logprobs": False}).chat(ask(QUESTION))  # the user's choice wins
     assert scorer.logprobs() == [(SMALL, None), (BIG, None), (SMALL, None), (BIG, None), (SMALL, None), (BIG, -1.5)]
+
+
+# ------------------------------------------------------------------ frugal collect
+
+
+def test_collect_records_each_answer_s_logprob_and_reads_it_back(server, tmp_path):
+    import json
+
+    from shared_scorer.fitting.collect import collect, load_providers, load_queries
+    from shared_scorer.fitting.data import load_records
+    from shared_scorer.fitting.grading import normalized_containment
+
+    providers = [
+        {
+            "name": SMALL,
+            "model": SMALL,
+            "base_url": server.base_url,
+            "price": {"input_per_mtok": 1, "output_per_mtok": 2},
+        },
+        {
+            "name": "big-no-logprobs",  # the user turned them off for this provider
+            "model": BIG,
+            "base_url": server.base_url,
+            "price": {"input_per_mtok": 10, "output_per_mtok": 20},
+            "kwargs": {"logprobs": False},
+        },
+    ]
+    (tmp_path / "providers.json").write_text(json.dumps(providers))
+    queries = [{"query": QUESTION, "reference": "B"}, {"query": "No logprob here?", "reference": "Yes"}]
+    (tmp_path / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    out = tmp_path / "recorded.jsonl"
+    summary = collect(
+        load_providers(tmp_path / "providers.json"),
+        load_queries(tmp_path / "queries.jsonl"),
+        normalized_containment,
+        out,
+        progress=False,
+    )
+    assert (summary["asked"], summary["failed"]) == (4, 0)
+    rows = {(r.model, r.query): r for r in load_records(out)}
+    assert {key: row.logprob for key, row in rows.items()} == {
+        (SMALL, QUESTION): -0.25,
+        (SMALL, "No logprob here?"): None,
+        ("big-no-logprobs", QUESTION): None,
+        ("big-no-logprobs", "No logprob here?"): None,
+    }
+    raw = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row.get("logprob", "absent") for row in raw if row["model"] == SMALL and row["query"] == QUESTION] == [
+        -0.25
+    ]
+    assert all("logprob" not in row for row in raw if row["model"] != SMALL or row["query"] != QUESTION)
+    # a rerun resumes from the file (its logprob rows parse) and asks nothing again
+    again = collect(
+        load_providers(tmp_path / "providers.json"),
+        load_queries(tmp_path / "queries.jsonl"),
+        normalized_containment,
+        out,
+        progress=False,
+    )
+    assert (again["asked"], again["skipped_already_answered"]) == (0, 4)
+    assert load_records(out) == list(rows.values())

@@ -76,7 +76,16 @@ def test_sum_logprobs_of_openai_token_entries_and_objects():
     assert sum_logprobs([{"token": "A", "logprob": -0.25}, {"token": "", "logprob": 0.0}]) == -0.25
     assert sum_logprobs([Token(-0.5), Token(-0.25)]) == -0.75
     assert sum_logprobs({"content": [{"logprob": -1.5}]}) == -1.5
-    for nothing in (None, [], {"content": None}, {"content": []}, [{"token": "A"}], [{"logprob": "x"}]):
+    for nothing in (
+        None,
+        [],
+        {"content": None},
+        {"content": []},
+        [{"token": "A"}],
+        [{"logprob": "x"}],
+        [{"logprob": 0.5}],
+        [{"logprob": float("nan")}],
+    ):
         assert sum_logprobs(nothing) is None
 
 
