@@ -11,9 +11,10 @@ matched accuracy, savings within one point of it.
 
 Methods (``methods`` in the JSON; ``default`` names this project's):
 
-* ``frugal-default``: ``bench`` with the default :class:`FitConfig` (``frugal bench``'s figures exactly).
-* ``frugalgpt-reference``: the same scorer from the text alone (no usage signals), fixed chains, the
-  40-point threshold grid, no output caps (``FitConfig(candidates="grid", caps="none")``).
+* ``frugal-default``: ``bench`` with the default :class:`FitConfig` (``frugal bench``'s figures exactly; its
+  MiniLM query embeddings come from this run's cache).
+* ``frugalgpt-reference``: the same scorer from the text alone (no usage or other signals), fixed chains
+  (no router), the 40-point threshold grid, no output caps (``FitConfig(candidates="grid", caps="none")``).
 * ``logprob-threshold``: score = exp(recorded ``logprob``) of each answer (0 where a row has none: it then
   always escalates), every chain of up to 3 models, a 41-point grid on [0, 1]. Only where the data has
   ``logprob`` on its rows; otherwise it is listed under ``skipped``.
@@ -39,7 +40,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -140,9 +141,23 @@ class Tables:
         return [pick(self.rows[(q, model)]) for q in self.ids]
 
 
+def _known(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options this version of :class:`FitConfig` has (``signals``, ``router`` and ``embed`` are newer)."""
+    names = {f.name for f in fields(FitConfig)}
+    return {k: v for k, v in options.items() if k in names}
+
+
+def default_config(embed: Embed) -> FitConfig:
+    """``frugal bench``'s defaults; its query embeddings (where it takes any) come from this run's cache."""
+    return FitConfig(**_known({"embed": embed}))
+
+
 def reference_config() -> FitConfig:
-    """FrugalGPT's reference: text-only scorer, fixed chains, the 40-point grid, no output caps."""
-    return FitConfig(candidates="grid", grid_points=40, caps="none", top=TopLayerConfig(usage_signals=False))
+    """FrugalGPT's reference: the text-only scorer (no usage or other signals), fixed chains (no router),
+    the 40-point grid, no output caps."""
+    text_only = TopLayerConfig(usage_signals=False)
+    extra = _known({"signals": (), "router": False})
+    return FitConfig(candidates="grid", grid_points=40, caps="none", top=text_only, **extra)
 
 
 def cascade_method(train: Table, test: Table, candidates: Any) -> list[dict[str, Any]]:
@@ -270,7 +285,7 @@ def compare(
     methods: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
 
-    for name, config in ((DEFAULT, FitConfig()), ("frugalgpt-reference", reference_config())):
+    for name, config in ((DEFAULT, default_config(embedder)), ("frugalgpt-reference", reference_config())):
         say(f"{name}: fit on train, measure on test")
         t0 = time.perf_counter()
         report = fit_bench(train.records, test.records, out / name, config)

@@ -168,6 +168,7 @@ def test_default_and_reference_configs(report: tuple[dict[str, Any], FakeBench, 
     assert default.candidates == "both" and default.caps == "auto"
     assert reference.candidates == "grid" and reference.grid_points == 40 and reference.caps == "none"
     assert reference.top.usage_signals is False
+    assert getattr(reference, "signals", ()) == () and getattr(reference, "router", False) is False
     # the injected bench's test frontier, with the headline measured against the test's best single model
     h = data["methods"]["frugal-default"]["headline"]
     assert h["accuracy_at_cost_fraction"] == {"0.1": None, "0.2": None, "0.5": 0.8}
