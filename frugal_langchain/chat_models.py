@@ -373,6 +373,7 @@ class FrugalChatModel(CascadeSettings, BaseChatModel):
             tools=[tools, kwargs.get("tool_choice")] if tools else None,
             max_output_tokens=call_kwargs.pop("max_tokens", None),
             cacheable=metadata.get("frugal_cache", True) is not False,
+            tier=metadata.get("tier"),
             profile=metadata.get("frugal_profile"),
         )
         return call_kwargs, validate, context
@@ -387,14 +388,15 @@ class FrugalChatModel(CascadeSettings, BaseChatModel):
         """One :class:`_StageCall` per stage (each sent at most the output tokens the cascade reserved
         for), the answer validator and the call's context."""
         call_kwargs, validate, context = self._prepare(messages, stop, kwargs, run_manager)
-        children = self._children(kwargs)
+        model = self._tier_model(context)  # the call's tier's stages, or this model's
+        children = model._children(kwargs)
         configs = _child_configs(run_manager, len(children))
         prompt = [text for _, text in _convert.turns(messages)]
         stages = []
-        limits = self._stage_limits(context)
+        limits = model._stage_limits(context)
         for i, (child, config, limit) in enumerate(zip(children, configs, limits, strict=True)):
             stage_kwargs = call_kwargs if limit is None else {**call_kwargs, "max_tokens": limit}
-            stages.append(_StageCall(child, messages, config, stage_kwargs, prompt, self._cascade.models[i]))
+            stages.append(_StageCall(child, messages, config, stage_kwargs, prompt, model._cascade.models[i]))
         return stages, validate, context
 
     def _children(self, kwargs: dict[str, Any]) -> list[Runnable[Any, BaseMessage]]:
@@ -413,7 +415,7 @@ class FrugalChatModel(CascadeSettings, BaseChatModel):
     ) -> ChatResult:
         stages, validate, context = self._stage_calls(messages, stop, kwargs, run_manager)
         calls = [stage.sync_call for stage in stages]
-        result = self._cascade.run(_convert.query_text(messages), calls, validate, context)
+        result = self._cascade_for(context).run(_convert.query_text(messages), calls, validate, context)
         return _chat_result(result)
 
     async def _agenerate(
@@ -425,7 +427,7 @@ class FrugalChatModel(CascadeSettings, BaseChatModel):
     ) -> ChatResult:
         stages, validate, context = self._stage_calls(messages, stop, kwargs, run_manager)
         calls = [stage.async_call for stage in stages]
-        result = await self._cascade.arun(_convert.query_text(messages), calls, validate, context)
+        result = await self._cascade_for(context).arun(_convert.query_text(messages), calls, validate, context)
         return _chat_result(result)
 
     def _stream(
@@ -441,7 +443,7 @@ class FrugalChatModel(CascadeSettings, BaseChatModel):
         progress = LiveProgress(stages[-1].prompt)
         live = None if kwargs.get("tools") else functools.partial(stages[-1].sync_live, progress)
         query, calls = _convert.query_text(messages), [stage.sync_call for stage in stages]
-        stream = self._cascade.stream(query, calls, live, validate, context, progress)
+        stream = self._cascade_for(context).stream(query, calls, live, validate, context, progress)
         streamed = False
         try:
             for item in stream:
@@ -466,7 +468,7 @@ class FrugalChatModel(CascadeSettings, BaseChatModel):
         progress = LiveProgress(stages[-1].prompt)
         live = None if kwargs.get("tools") else functools.partial(stages[-1].async_live, progress)
         query, calls = _convert.query_text(messages), [stage.async_call for stage in stages]
-        stream = self._cascade.astream(query, calls, live, validate, context, progress)
+        stream = self._cascade_for(context).astream(query, calls, live, validate, context, progress)
         streamed = False
         try:
             async for item in stream:

@@ -10,9 +10,10 @@ with ``shared_scorer.server.gateway.make_app(LangChainBackend(model), keys, budg
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from shared_scorer.adapters.tiers import parse_tiers, tier_chains
 from shared_scorer.context import Scope
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.outcome import ToolCall
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
     from shared_scorer.strategy import Strategy
 
 
-def openai_stages(strategy: Strategy, **stage_options: Any) -> dict[str, Any]:
-    """One ``ChatOpenAI`` per provider model of ``strategy``, for ``FrugalChatModel.from_strategy``.
+def openai_stages(strategy: Strategy, chain: Sequence[str] = (), **stage_options: Any) -> dict[str, Any]:
+    """One ``ChatOpenAI`` per provider model of ``strategy`` (of ``chain`` when given: every tier's), for
+    ``FrugalChatModel.from_strategy``.
 
     ``stage_options`` are :class:`~shared_scorer.server.gateway.StageOptions` (``base_url``, ``api_key``,
     ``timeout_s``, ``max_retries``, ``max_tokens``); each stage also asks for usage on streams.
@@ -43,7 +45,7 @@ def openai_stages(strategy: Strategy, **stage_options: Any) -> dict[str, Any]:
             max_tokens=cap,  # type: ignore[call-arg]
             stream_usage=True,
         )
-        for model, cap in opts.caps(strategy.chain).items()
+        for model, cap in opts.caps(chain or strategy.chain).items()
     }
 
 
@@ -54,7 +56,8 @@ def serve_backend(strategy: Strategy, **options: Any) -> LangChainBackend:
     from frugal_langchain.chat_models import FrugalChatModel
 
     stage_options, model_options = StageOptions.split(options)
-    stages = openai_stages(strategy, **vars(stage_options))
+    chain = tier_chains(strategy, parse_tiers(model_options.get("tiers")))  # every tier's models
+    stages = openai_stages(strategy, chain, **vars(stage_options))
     return LangChainBackend(FrugalChatModel.from_strategy(strategy, stages, **model_options))
 
 
@@ -77,7 +80,10 @@ class LangChainBackend:
         runnable: Any = self.model
         if request.tools:
             runnable = self.model.bind_tools(request.tools, tool_choice=request.tool_choice)
-        options: dict[str, Any] = {"config": {"metadata": {"tenant": scope.tenant, "user": scope.user}}}
+        metadata = {"tenant": scope.tenant, "user": scope.user}
+        if request.tier is not None:
+            metadata["tier"] = request.tier
+        options: dict[str, Any] = {"config": {"metadata": metadata}}
         for key in ("max_tokens", "temperature", "stop"):
             if getattr(request, key) is not None:
                 options[key] = getattr(request, key)

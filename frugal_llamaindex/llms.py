@@ -37,7 +37,7 @@ from shared_scorer.tools import ToolCallValidator
 dispatcher = get_dispatcher(__name__)
 
 _CALL_KEYWORDS = frozenset(
-    {"temperature", "max_tokens", "tenant", "user", "frugal_cache", "frugal_profile"}  # ours and the standard ones
+    {"temperature", "max_tokens", "tenant", "user", "tier", "frugal_cache", "frugal_profile"}  # ours, standard ones
     | {"tools", "tool_required", "allow_parallel_tool_calls", "tool_choice"}  # what LlamaIndex's tool calling passes
 )
 _DROPPED_KEYWORDS = ("chat_history", "formatted", "verbose")
@@ -227,15 +227,16 @@ class FrugalLLM(CascadeSettings, FunctionCallingLLM):
         stage = trail.get("stage")
         if stage is None:
             raise ConfigurationError("response carries no frugal trail: it did not come from this FrugalLLM")
-        return self.stages[stage].get_tool_calls_from_response(  # type: ignore[no-any-return]
+        stages = (self.tiers or {}).get(str(trail.get("tier", "")), self).stages  # the tier's stages answered it
+        return stages[stage].get_tool_calls_from_response(  # type: ignore[no-any-return]
             response, error_on_no_tool_call=error_on_no_tool_call, **kwargs
         )
 
     # ------------------------------------------------------------------ one call
 
     def _sync_callbacks(self) -> None:
-        """Stages without handlers of their own report to this LLM's callback manager."""
-        for stage in self.stages:
+        """Stages (the tiers' too) without handlers of their own report to this LLM's callback manager."""
+        for stage in [*self.stages, *(s for tier in (self.tiers or {}).values() for s in tier.stages)]:
             if stage.callback_manager is not self.callback_manager and not stage.callback_manager.handlers:
                 stage.callback_manager = self.callback_manager
 
@@ -265,6 +266,7 @@ class FrugalLLM(CascadeSettings, FunctionCallingLLM):
             tools=[specs, "any" if kwargs.get("tool_required") else None] if specs else None,
             max_output_tokens=kwargs.pop("max_tokens", None),
             cacheable=kwargs.pop("frugal_cache", True) is not False,
+            tier=kwargs.pop("tier", None),
             profile=kwargs.pop("frugal_profile", None),
         )
 
@@ -278,7 +280,8 @@ class FrugalLLM(CascadeSettings, FunctionCallingLLM):
             for name in ("tool_required", "allow_parallel_tool_calls", "tool_choice"):
                 kwargs.pop(name, None)
         plan = _Plan(messages, [text for _, text in _convert.turns(messages)])
-        for i, (stage, limit) in enumerate(zip(self.stages, self._stage_limits(context), strict=True)):
+        model = self._tier_model(context)  # the call's tier's stages, or this model's
+        for i, (stage, limit) in enumerate(zip(model.stages, model._stage_limits(context), strict=True)):
             own = getattr(stage, "max_tokens", None)
             update: dict[str, Any] = {"logprobs": True} if _asks_logprobs(stage, self.request_logprobs) else {}
             if limit is not None and isinstance(own, int) and own > limit:
@@ -288,12 +291,12 @@ class FrugalLLM(CascadeSettings, FunctionCallingLLM):
                 stage = stage.model_copy(update=update)
             stage_kwargs = kwargs if limit is None else {**kwargs, "max_tokens": limit}
             if not tools:
-                plan.add(stage, stage.chat, stage.achat, stage_kwargs, self._cascade.models[i])
+                plan.add(stage, stage.chat, stage.achat, stage_kwargs, model._cascade.models[i])
             elif not isinstance(stage, FunctionCallingLLM):
                 raise ConfigurationError(f"stage {stage_name(stage)!r} does not support function calling")
             else:
                 sync, asyn = _with_tools(stage.chat_with_tools, tools), _with_tools(stage.achat_with_tools, tools)
-                plan.add(stage, sync, asyn, stage_kwargs, self._cascade.models[i])
+                plan.add(stage, sync, asyn, stage_kwargs, model._cascade.models[i])
         required = "any" if kwargs.get("tool_required") else None
         validate = ToolCallValidator(_convert.tool_specs(tools) if tools else [], required if tools else None)
         return plan, validate, context
@@ -301,13 +304,15 @@ class FrugalLLM(CascadeSettings, FunctionCallingLLM):
     @dispatcher.span
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         plan, validate, context = self._plan(messages, kwargs)
-        result = self._cascade.run(_convert.query_text(messages), plan.sync_calls(), validate, context)
+        result = self._cascade_for(context).run(_convert.query_text(messages), plan.sync_calls(), validate, context)
         return _convert.final_response(result)
 
     @dispatcher.span
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         plan, validate, context = self._plan(messages, kwargs)
-        result = await self._cascade.arun(_convert.query_text(messages), plan.async_calls(), validate, context)
+        result = await self._cascade_for(context).arun(
+            _convert.query_text(messages), plan.async_calls(), validate, context
+        )
         return _convert.final_response(result)
 
     @dispatcher.span
@@ -320,7 +325,7 @@ class FrugalLLM(CascadeSettings, FunctionCallingLLM):
 
         def gen() -> ChatResponseGen:
             text = ""
-            stream = self._cascade.stream(query, calls, live, validate, context, progress)
+            stream = self._cascade_for(context).stream(query, calls, live, validate, context, progress)
             try:
                 while True:
                     with _in_span(span):  # the stage calls made while reading are children of this call's span
@@ -345,7 +350,7 @@ class FrugalLLM(CascadeSettings, FunctionCallingLLM):
 
         async def gen() -> ChatResponseAsyncGen:
             text = ""
-            stream = self._cascade.astream(query, calls, live, validate, context, progress)
+            stream = self._cascade_for(context).astream(query, calls, live, validate, context, progress)
             try:
                 while True:
                     with _in_span(span):  # the stage calls made while reading are children of this call's span

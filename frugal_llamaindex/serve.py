@@ -12,12 +12,13 @@ parameters are the request's JSON schema, the request's options and scope into `
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.tools import BaseTool, ToolMetadata, ToolOutput
 
+from shared_scorer.adapters.tiers import parse_tiers, tier_chains
 from shared_scorer.context import Scope
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.outcome import ToolCall
@@ -30,8 +31,9 @@ if TYPE_CHECKING:
     from shared_scorer.strategy import Strategy
 
 
-def openai_like_stages(strategy: Strategy, **stage_options: Any) -> dict[str, Any]:
-    """One ``OpenAILike`` per provider model of ``strategy``, for ``FrugalLLM.from_strategy``.
+def openai_like_stages(strategy: Strategy, chain: Sequence[str] = (), **stage_options: Any) -> dict[str, Any]:
+    """One ``OpenAILike`` per provider model of ``strategy`` (of ``chain`` when given: every tier's), for
+    ``FrugalLLM.from_strategy``.
 
     ``stage_options`` are :class:`~shared_scorer.server.gateway.StageOptions`, as for
     ``frugal_langchain.serve.openai_stages``; ``FrugalLLM`` asks the stages for usage on streams.
@@ -50,7 +52,7 @@ def openai_like_stages(strategy: Strategy, **stage_options: Any) -> dict[str, An
             max_retries=opts.max_retries,
             max_tokens=cap,
         )
-        for model, cap in opts.caps(strategy.chain).items()
+        for model, cap in opts.caps(chain or strategy.chain).items()
     }
 
 
@@ -60,7 +62,8 @@ def serve_backend(strategy: Strategy, **options: Any) -> LlamaIndexBackend:
     from frugal_llamaindex.llms import FrugalLLM
 
     stage_options, model_options = StageOptions.split(options)
-    stages = openai_like_stages(strategy, **vars(stage_options))
+    chain = tier_chains(strategy, parse_tiers(model_options.get("tiers")))  # every tier's models
+    stages = openai_like_stages(strategy, chain, **vars(stage_options))
     return LlamaIndexBackend(FrugalLLM.from_strategy(strategy, stages, **model_options))
 
 
@@ -110,6 +113,8 @@ class LlamaIndexBackend:
         except Exception as exc:
             raise ConfigurationError(f"'messages' could not be read: {exc}") from None
         kwargs: dict[str, Any] = {"tenant": scope.tenant, "user": scope.user}
+        if request.tier is not None:
+            kwargs["tier"] = request.tier
         for key in ("max_tokens", "temperature", "stop"):
             if getattr(request, key) is not None:
                 kwargs[key] = getattr(request, key)

@@ -17,6 +17,7 @@ from shared_scorer.errors import ConfigurationError
 __all__ = [
     "CallContext",
     "Scope",
+    "TENANT_WIDE",
     "build_context",
     "check_max_tokens",
     "fingerprint_of",
@@ -41,6 +42,10 @@ def check_max_tokens(value: object, name: str = "max_tokens") -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigurationError(f"{name} must be a positive whole number of tokens, got {value!r}")
     return value
+
+
+TENANT_WIDE = ""
+"""The user of a tenant-wide cache scope (:attr:`CallContext.cache_scope`)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,11 @@ class CallContext:
     cacheable: bool = True
     strategy: str = ""
     """The fitted strategy the call runs under (cache entries are tagged with it for invalidation)."""
+    tier: str = ""
+    """The caller tier the call runs in (``""``: the model's own point; see :mod:`shared_scorer.adapters.tiers`)."""
+    share_cache: bool = False
+    """Whether the tenant's users share cached answers (its ``share_cache_within_tenant``): the cache then
+    keys entries by :attr:`cache_scope`; budgets and costs still see :attr:`scope`, the user's own."""
     system: str = ""
     history: tuple[str, ...] = ()
     tool_results: tuple[str, ...] = ()
@@ -91,6 +101,17 @@ class CallContext:
         bound = self.input_tokens_bound
         if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
             raise ConfigurationError(f"input_tokens_bound must be a whole number >= 0, got {bound!r}")
+
+    @property
+    def cache_scope(self) -> Scope:
+        """The scope the answer cache keys this call's entries by: the call's own, or with ``share_cache``
+        the tenant's (user :data:`TENANT_WIDE`, which no caller can name: the adapters and ``frugal serve``
+        turn an empty user into ``"default"``). Entries never cross tenants either way.
+
+        >>> CallContext(Scope("acme", "bob"), share_cache=True).cache_scope
+        Scope(tenant='acme', user='')
+        """
+        return Scope(self.scope.tenant, TENANT_WIDE) if self.share_cache else self.scope
 
 
 def render_profile(profile: object) -> str:
@@ -164,6 +185,8 @@ def build_context(
     strategy: str = "",
     max_output_tokens: int | None = None,
     cacheable: bool = True,
+    tier: str = "",
+    share_cache: bool = False,
     profile: object = None,
 ) -> CallContext:
     """The :class:`CallContext` of a conversation given as ``(role, text)`` turns.
@@ -191,6 +214,8 @@ def build_context(
         max_output_tokens=max_output_tokens,
         cacheable=cacheable,
         strategy=strategy,
+        tier=tier,
+        share_cache=share_cache,
         system=system,
         history=history,
         tool_results=tool_results,

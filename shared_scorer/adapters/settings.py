@@ -27,6 +27,14 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from shared_scorer.adapters.assemble import strategy_settings
+from shared_scorer.adapters.tiers import (
+    TenantSettings,
+    parse_tenants,
+    parse_tiers,
+    resolve_tier,
+    shares_cache,
+    tier_strategies,
+)
 from shared_scorer.cascade import Cascade
 from shared_scorer.context import CallContext, Scope, build_context, check_max_tokens
 from shared_scorer.errors import ConfigurationError
@@ -150,12 +158,28 @@ class CascadeSettings(BaseModel):
         "``logprobs`` itself; the scorer sees their sum as ``ScoreRequest.logprob`` (None where the provider "
         "gives none). Turn off for a server that rejects ``logprobs``.",
     )
+    tiers: dict[str, Any] | None = Field(
+        default=None,
+        exclude=True,
+        description="The model each caller tier is answered by, by tier name: models of this same class, "
+        "usually built by ``from_strategy(..., tiers={'free': {'budget': 0.002}, 'paid': {'target_accuracy': "
+        "'best_single'}})`` from one fit's frontier. A call names its tier (LangChain: ``config={'metadata': "
+        "{'tier': ...}}``; LlamaIndex: ``tier=``), else its tenant's tier (``tenants``) applies, else this "
+        "model's own.",
+    )
+    tenants: dict[str, Any] | None = Field(
+        default=None,
+        description="Per-tenant settings: ``{'acme': {'tier': 'paid', 'share_cache_within_tenant': True}}``. "
+        "``tier``: the tier the tenant's calls run in unless a call names its own; "
+        "``share_cache_within_tenant``: the tenant's users share cached answers (budgets stay per user).",
+    )
 
     _stage_type: ClassVar[type] = object
     """The framework's model class: every stage must be an instance of it."""
     _stage_kind: ClassVar[str] = "a stage model"
     """What a stage must be, as an error message names it."""
     _cascade: Cascade = PrivateAttr()
+    _tenant_settings: dict[str, TenantSettings] = PrivateAttr(default_factory=dict)
 
     @staticmethod
     def _stage_name(stage: Any, /) -> str:
@@ -166,6 +190,7 @@ class CascadeSettings(BaseModel):
         _reject_unknown_arguments(type(self), data)
         super().__init__(**data)
         self._cascade = self._build_cascade()
+        self._tenant_settings = self._check_tiers()
 
     @property
     def cascade(self) -> Cascade:
@@ -190,10 +215,27 @@ class CascadeSettings(BaseModel):
                 stages={"gpt-5-mini": ChatOpenAI(model="gpt-5-mini"), "gpt-5": ChatOpenAI(model="gpt-5")},
             )
             llm = FrugalLLM.from_strategy("out/strategy/strategy.json", stages={"gpt-5-mini": OpenAILike(...)})
+
+        ``tiers=`` (``{name: {"budget": usd} | {"target_accuracy": x | "best_single"}}``) builds one model per
+        tier from the same fit, at that tier's frontier point, sharing this model's scorer, cost tracker,
+        budget and answer cache (see :mod:`shared_scorer.adapters.tiers`); ``stages`` must then hold every
+        model the tiers' chains name.
         """
         keys = ("scorer", "max_cost_per_query", "target_accuracy", "prices")
         chosen = {key: options.pop(key) for key in keys if key in options}
-        return cls(**strategy_settings(path, stages, name_of=cls._stage_name, **chosen), **options)
+        objectives = parse_tiers(options.pop("tiers", None))
+        settings = strategy_settings(path, stages, name_of=cls._stage_name, **chosen)
+        if not objectives:
+            return cls(**settings, **options)
+        strategy = path if isinstance(path, Strategy) else Strategy.load(path)
+        options.setdefault("cost_tracker", CostTracker())
+        shared = {**options, "tenants": None}
+        chosen = {**chosen, "scorer": settings["scorer"].inner, "max_cost_per_query": None, "target_accuracy": None}
+        tiers = {
+            name: cls(**strategy_settings(point, stages, name_of=cls._stage_name, **chosen), **shared)
+            for name, point in tier_strategies(strategy, objectives).items()
+        }
+        return cls(**settings, **options, tiers=tiers)
 
     def _build_cascade(self) -> Cascade:
         """The cascade this model delegates to, checked at construction.
@@ -246,21 +288,45 @@ class CascadeSettings(BaseModel):
         tools: Any = None,
         max_output_tokens: Any = None,
         cacheable: bool = True,
+        tier: object = None,
         profile: object = None,
     ) -> CallContext:
         """The call's context: its scope (the call's ``tenant``/``user`` win over the fields, ``"default"``
-        when neither is set), the strategy, its tools and output limit, and the caller's profile (the call's
-        ``profile``, else its tenant's in ``tenant_profiles``) (see :func:`build_context`)."""
+        when neither is set), its tier (the call's, else its tenant's) and that tier's strategy, whether the
+        tenant shares its cache, its tools and output limit, and the caller's profile (the call's ``profile``,
+        else its tenant's in ``tenant_profiles``) (see :func:`build_context`)."""
         scope = Scope(tenant=str(tenant or self.tenant or "default"), user=str(user or self.user or "default"))
+        tier_name = resolve_tier(tier, scope.tenant, self._tenant_settings, list(self.tiers or {}))
         return build_context(
             turns,
             scope=scope,
             tools=tools,
-            strategy=self.strategy_id,
+            strategy=(self.tiers or {}).get(tier_name, self).strategy_id,
             max_output_tokens=max_output_tokens,
             cacheable=cacheable,
+            tier=tier_name,
+            share_cache=shares_cache(scope.tenant, self._tenant_settings),
             profile=profile if profile is not None else (self.tenant_profiles or {}).get(scope.tenant),
         )
+
+    def _check_tiers(self) -> dict[str, TenantSettings]:
+        """The tenants' settings, checked against the tiers (each tier a model of this class, with no tiers
+        of its own)."""
+        for name, model in (self.tiers or {}).items():
+            if not isinstance(name, str) or not name or type(model) is not type(self) or model.tiers:
+                raise ConfigurationError(
+                    f"tiers[{name!r}] must be a {type(self).__name__} without tiers of its own, got "
+                    f"{type(model).__name__} (build tiers with from_strategy(..., tiers={{name: objective}}))"
+                )
+        return parse_tenants(self.tenants, list(self.tiers or {}))
+
+    def _tier_model(self, context: CallContext) -> Any:
+        """The model a call in ``context`` is answered by: its tier's, or this one."""
+        return (self.tiers or {}).get(context.tier, self)
+
+    def _cascade_for(self, context: CallContext) -> Cascade:
+        """The cascade a call in ``context`` runs: its tier's, or this model's."""
+        return self._tier_model(context)._cascade  # type: ignore[no-any-return]
 
     def _stage_limits(self, context: CallContext) -> list[int | None]:
         """The output tokens each stage is sent at most on this call (``None``: no limit to send)."""

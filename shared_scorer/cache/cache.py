@@ -191,8 +191,8 @@ class AnswerCache:
         entry = Entry(
             id=uuid.uuid4().hex,
             scope_key=context_key(context),
-            tenant=context.scope.tenant,
-            user=context.scope.user,
+            tenant=context.cache_scope.tenant,
+            user=context.cache_scope.user,  # the tenant-wide user when the tenant shares its cache
             fingerprint=context.fingerprint,
             strategy_id=context.strategy or self.strategy_id,
             query=query,
@@ -302,7 +302,7 @@ def _scope_of(context: CallContext | Scope) -> tuple[Scope, str | None]:
     """The scope, and the scope key when the whole call context is known."""
     if isinstance(context, Scope):
         return context, None
-    return context.scope, context_key(context)
+    return context.cache_scope, context_key(context)
 
 
 def _point(verifier: Verifier, max_wrong_rate: float | None) -> OperatingPoint:

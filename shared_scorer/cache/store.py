@@ -47,7 +47,7 @@ def scope_key(tenant: str, user: str, fingerprint: str) -> str:
 
 def context_key(context: CallContext) -> str:
     """:func:`scope_key` of a call's context."""
-    return scope_key(context.scope.tenant, context.scope.user, context.fingerprint)
+    return scope_key(context.cache_scope.tenant, context.cache_scope.user, context.fingerprint)
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,8 @@ class Entry:
     def matches(self, context: CallContext) -> bool:
         """Whether this entry belongs to exactly the scope and fingerprint of ``context``."""
         return (
-            self.tenant == context.scope.tenant
-            and self.user == context.scope.user
+            self.tenant == context.cache_scope.tenant
+            and self.user == context.cache_scope.user
             and self.fingerprint == context.fingerprint
             and self.scope_key == context_key(context)
         )

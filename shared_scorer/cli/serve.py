@@ -3,7 +3,7 @@
 frugal serve --strategy PATH --keys KEYS.json --stages-base-url URL [--framework langchain|llamaindex]
              [--ledger URL] [--limit SPEC ...] [--max-tokens N] [--stage-timeout S] [--stage-retries N]
              [--max-body-bytes N] [--answer-cache SPEC] [--admin-key KEY]
-             [--host HOST] [--port PORT] [--workers N]
+             [--tiers TIERS.json] [--host HOST] [--port PORT] [--workers N]
 
 The framework-free part is :mod:`shared_scorer.server.gateway`; the backend (``frugal_langchain.serve`` or
 ``frugal_llamaindex.serve``, by ``--framework``) is imported only when the command runs, naming the extras
@@ -107,6 +107,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
         help="serve the read-only operator's dashboard at /dashboard to this key (default: $FRUGAL_ADMIN_KEY, "
         "better than a flag others can see in ps); without one, no dashboard is served",
     )
+    serve.add_argument(
+        "--tiers",
+        type=Path,
+        help='JSON: {"tiers": {"free": {"budget": 0.002}, "paid": {"target_accuracy": "best_single"}}, "tenants": '
+        '{"acme": {"tier": "paid", "share_cache_within_tenant": true}}}: each tier a point of the strategy\'s '
+        "frontier; a key's \"tier\" in --keys, else its tenant's, picks it (default: the strategy's own point)",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
@@ -171,7 +178,7 @@ def build_app(args: argparse.Namespace) -> Any:
 
     from shared_scorer.budget import Budget, LedgerCostTracker, open_ledger
     from shared_scorer.server.dashboard import ADMIN_KEY_ENV, serve_routes
-    from shared_scorer.server.gateway import load_keys, make_app, open_answer_cache
+    from shared_scorer.server.gateway import load_keys, make_app, open_answer_cache, read_keys
     from shared_scorer.strategy import Strategy
 
     keys = load_keys(args.keys)
@@ -192,10 +199,36 @@ def build_app(args: argparse.Namespace) -> Any:
         budget=budget,
         on_budget=args.on_budget,
         answer_cache=cache,
+        **tier_options(getattr(args, "tiers", None), read_keys(args.keys)),
     )
-    app = make_app(backend, keys, budget, max_body_bytes=args.max_body_bytes, routes=dashboard)
+    app = make_app(backend, read_keys(args.keys), budget, max_body_bytes=args.max_body_bytes, routes=dashboard)
     app.add_middleware(ReplicaHeader)
     return app
+
+
+def tier_options(path: Path | None, keys: dict[str, Any]) -> dict[str, Any]:
+    """``from_strategy``'s ``tiers=`` and ``tenants=`` from a ``--tiers`` file (none without one); a key naming a
+    tier the file lacks is a :class:`ConfigurationError` here, before anything is served."""
+    from shared_scorer.adapters.tiers import parse_tenants, parse_tiers
+    from shared_scorer.server.gateway import key_tier
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"tiers file {str(path)!r}: cannot read it as JSON: {exc}") from None
+        if not isinstance(data, dict) or set(data) - {"tiers", "tenants"}:
+            raise ConfigurationError(f"tiers file {str(path)!r}: expected an object with 'tiers' and 'tenants'")
+    tiers = parse_tiers(data.get("tiers"))
+    parse_tenants(data.get("tenants"), list(tiers))
+    for key, value in keys.items():
+        tier = key_tier(value, f"keys file, key {key[:4]}...")
+        if tier is not None and tier not in tiers:
+            raise ConfigurationError(
+                f"keys file, key {key[:4]}...: tier {tier!r} is not one of the tiers {sorted(tiers)} (--tiers)"
+            )
+    return {name: data[name] for name in ("tiers", "tenants") if data.get(name)}
 
 
 # ------------------------------------------------------------------------------- --workers N

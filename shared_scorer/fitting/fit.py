@@ -253,6 +253,10 @@ def fit(
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "scorer_metrics": getattr(scorer, "metrics", {}),
         "out_of_fold_auroc": _aurocs(plain),
+        "single_models": {  # what a tier's target_accuracy "best_single" reads (adapters/tiers.py)
+            m: {"accuracy": float(plain.correct[:, j].mean()), "cost_per_query": float(plain.costs[:, j].mean())}
+            for j, m in enumerate(plain.models)
+        },
     }
     strategy = Strategy.from_frontier(
         frontier,

@@ -119,6 +119,12 @@ class StageOptions:
 def load_keys(path: str | Path) -> dict[str, Scope]:
     """Read a keys file: ``{"KEY": {"tenant": "acme", "user": "svc"}, ...}`` (``user`` optional), or the same
     object under ``"keys"``."""
+    return {key: scope_of(value, f"key {key[:4]}...") for key, value in read_keys(path).items()}
+
+
+def read_keys(path: str | Path) -> dict[str, Any]:
+    """A keys file's entries as written, each checked: ``{"tenant": "acme", "user": "svc", "tier": "paid"}``
+    (``user`` and ``tier`` optional; ``tier`` names the caller tier of the key's calls). ``make_app`` takes them."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -128,7 +134,18 @@ def load_keys(path: str | Path) -> dict[str, Scope]:
         data = data["keys"]
     if not isinstance(data, dict) or not data:
         raise ConfigurationError(f"keys file {str(path)!r}: expected an object mapping keys to {{'tenant': ...}}")
-    return {key: scope_of(value, f"keys file {str(path)!r}, key {key[:4]}...") for key, value in data.items()}
+    for key, value in data.items():
+        scope_of(value, f"keys file {str(path)!r}, key {key[:4]}...")
+        key_tier(value, f"keys file {str(path)!r}, key {key[:4]}...")
+    return data
+
+
+def key_tier(value: object, where: str) -> str | None:
+    """The caller tier a key's entry names (``"tier"``), or ``None``."""
+    tier = value.get("tier") if isinstance(value, Mapping) else None
+    if tier is not None and (not isinstance(tier, str) or not tier):
+        raise ConfigurationError(f"{where}: 'tier' must be a tier name, got {tier!r}")
+    return tier
 
 
 def scope_of(value: object, where: str) -> Scope:
@@ -191,6 +208,9 @@ class ChatRequest:
     temperature: float | None = None
     stop: list[str] | None = None
     user: str | None = None
+    tier: str | None = None
+    """The caller tier the API key names (its ``"tier"`` in the keys file); ``None``: the tenant's, else the
+    model's own point (see ``shared_scorer.adapters.tiers``)."""
 
 
 @dataclass(frozen=True)
@@ -292,9 +312,9 @@ def _positive_int(body: Mapping[str, Any], key: str) -> int | None:
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
-def parse_request(body: Any, scope: Scope) -> ServeCall:
+def parse_request(body: Any, scope: Scope, tier: str | None = None) -> ServeCall:
     """Validate a chat-completions body; every problem is a 400 naming the field. The call's scope is the
-    key's; a key without a user of its own takes the body's ``user``."""
+    key's; a key without a user of its own takes the body's ``user``; ``tier`` is the key's caller tier."""
     if not isinstance(body, dict):
         raise Refused(400, "The request body must be a JSON object.")
     messages = body.get("messages")
@@ -336,6 +356,7 @@ def parse_request(body: Any, scope: Scope) -> ServeCall:
         temperature=temperature,
         stop=stop or None,
         user=user,
+        tier=tier,
     )
     return ServeCall(request, Scope(scope.tenant, scope_user), schema_name, bool(stream))
 
@@ -433,22 +454,26 @@ def make_app(
     if max_body_bytes < 1:
         raise ConfigurationError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
     scopes = {key_digest(key): scope_of(value, f"key {key[:4]}...") for key, value in keys.items()}
+    tiers = {key_digest(key): key_tier(value, f"key {key[:4]}...") for key, value in keys.items()}
     if not scopes:
         raise ConfigurationError("frugal serve needs at least one API key")
     name = str(getattr(backend, "name", None) or "frugal-cascade")
     unauthorised = error_body("Missing or invalid API key.", "invalid_request_error", "invalid_api_key")
 
-    def authorise(request: Request) -> Scope | None:
+    def key_of(request: Request) -> str:
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        return scopes.get(key_digest(token)) if token else None
+        return key_digest(token) if token else ""
+
+    def authorise(request: Request) -> Scope | None:
+        return scopes.get(key_of(request))
 
     async def completions(request: Request) -> Response:
         scope = authorise(request)
         if scope is None:
             return error_response(401, unauthorised)
         try:
-            call = parse_request(await read_json(request, max_body_bytes), scope)
+            call = parse_request(await read_json(request, max_body_bytes), scope, tiers.get(key_of(request)))
         except Refused as refused:
             return refused.response()
         reply_id, created = f"chatcmpl-frugal-{uuid.uuid4().hex[:24]}", int(time.time())

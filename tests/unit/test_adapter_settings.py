@@ -40,6 +40,8 @@ SETTINGS = [
     "strategy_id",
     "max_output_tokens",
     "request_logprobs",
+    "tiers",
+    "tenants",
 ]
 ADAPTERS = [FrugalChatModel, FrugalLLM]
 
