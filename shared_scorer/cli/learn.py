@@ -134,10 +134,17 @@ def _add_fit(subparsers: SubParsers, name: str) -> None:
     p.add_argument("--max-length", type=positive_int, default=96)
     p.add_argument("--freeze-layers", type=non_negative_int, default=5)
     p.add_argument("--per-model", action="store_true", help="one scorer network per model")
+    p.add_argument("--context", action="store_true", help=CONTEXT_HELP)
     p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_run_fit if name == "fit" else _run_bench)
+
+
+CONTEXT_HELP = (
+    "the scorer also reads each row's system prompt, profile and earlier turns (and, when scoring, the call's "
+    "tool results); default: query and answer only"
+)
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -149,6 +156,7 @@ def _config(args: argparse.Namespace) -> Any:
     train.max_length = args.max_length
     train.freeze_layers = args.freeze_layers
     train.per_model = args.per_model
+    train.context = args.context
     train.num_threads = args.threads
     train.progress = not args.quiet
     from shared_scorer.fitting.crossfit import TopLayerConfig
@@ -363,6 +371,7 @@ def add_train_scorer_parser(subparsers: Any) -> argparse.ArgumentParser:
     variant.add_argument("--shared", dest="per_model", action="store_false", help="one model-aware network")
     parser.set_defaults(per_model=defaults.per_model, run=run_train_scorer)
     parser.add_argument("--models", nargs="+", default=None, help="train for these candidate models only")
+    parser.add_argument("--context", action="store_true", help=CONTEXT_HELP)
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -387,6 +396,7 @@ def run_train_scorer(args: argparse.Namespace) -> int:
         num_threads=args.num_threads,
         models=args.models,
         progress=not args.no_progress,
+        context=args.context,
     )
     scorer = DistilBertScorer.train(load_records(args.train), config)
     scorer.save(args.out)

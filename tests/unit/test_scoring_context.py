@@ -195,3 +195,17 @@ def test_context_flag_is_saved_with_the_scorer(tmp_path):
     request = ScoreRequest("question 3?", "yes", "m", profile="tier 0")
     assert loaded.score(request) == scorer.score(request)
     assert loaded.logits([request])[0] != loaded.logits([ScoreRequest("question 3?", "yes", "m")])[0]
+
+
+def test_fit_bench_and_train_scorer_take_a_context_flag():
+    from shared_scorer.cli import build_parser
+    from shared_scorer.cli.learn import _config
+
+    parser = build_parser()
+    for command in ("fit", "bench"):
+        base = [command, "--train", "t.jsonl", "--out", "o"] + (
+            ["--test", "u", "--json", "j"] if command == "bench" else []
+        )
+        assert _config(parser.parse_args([*base, "--context"])).train.context is True
+        assert _config(parser.parse_args(base)).train.context is False
+    assert parser.parse_args(["train-scorer", "--train", "t", "--out", "o", "--context"]).context is True
