@@ -180,3 +180,17 @@ def test_a_users_budget_holds_across_replicas_and_every_charge_lands_on_its_scop
     workers = {a.replica for i, a in enumerate(answers[:40]) if i % 2}
     assert len(workers) == 2 and "" not in workers, f"both workers of replica A answered: {workers}"
     assert not workers & {a.replica for i, a in enumerate(answers[:40]) if not i % 2}
+
+
+def test_workers_over_a_memory_ledger_are_refused_before_any_starts(tmp_path, capsys):
+    """Each worker would hold its own in-memory budget: the command says so and starts nothing."""
+    require(importlib.util.find_spec("uvicorn") is not None, "uvicorn is not installed")
+    from shared_scorer.cli import main
+
+    (tmp_path / "keys.json").write_text(json.dumps(KEYS))
+    argv = ["serve", "--strategy", str(tmp_path / "s.json"), "--keys", str(tmp_path / "keys.json"),
+            "--stages-base-url", "http://127.0.0.1:9/v1", "--ledger", "memory:", "--workers", "2"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--workers 2 --ledger memory:: each worker would keep its own budget" in err
+    assert "redis://HOST:PORT/DB" in err
