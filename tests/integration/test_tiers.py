@@ -87,6 +87,14 @@ def like_stages(base_url: str) -> dict[str, OpenAILike]:
     }
 
 
+def lc_model(base_url: str, **options: Any) -> FrugalChatModel:
+    return FrugalChatModel.from_strategy(strategy(), chat_stages(base_url), scorer=scorer, prices=PRICES, **options)
+
+
+def li_model(base_url: str, **options: Any) -> FrugalLLM:
+    return FrugalLLM.from_strategy(strategy(), like_stages(base_url), scorer=scorer, prices=PRICES, **options)
+
+
 def comparable(trail: dict[str, Any]) -> dict[str, Any]:
     """The trail without timings."""
     stages = [{k: v for k, v in s.items() if k != "latency_ms"} for s in trail["stages"]]
@@ -102,6 +110,18 @@ def lc_call(model: FrugalChatModel, tier: str | None, tenant: str, user: str, qu
 def li_call(model: FrugalLLM, tier: str | None, tenant: str, user: str, query: str) -> dict[str, Any]:
     response = model.complete(query, tenant=tenant, user=user, **({"tier": tier} if tier else {}))
     return {"answer": response.text, **comparable(response.additional_kwargs["frugal"])}
+
+
+def lc_streamed(model: FrugalChatModel, tier: str | None, tenant: str, user: str, query: str) -> dict[str, Any]:
+    metadata = {"tenant": tenant, "user": user, **({"tier": tier} if tier else {})}
+    chunks = list(model.stream(query, config={"metadata": metadata}))
+    trail = next(c.response_metadata["frugal"] for c in chunks if "frugal" in c.response_metadata)
+    return {"answer": "".join(str(c.content) for c in chunks), **comparable(trail)}
+
+
+def li_streamed(model: FrugalLLM, tier: str | None, tenant: str, user: str, query: str) -> dict[str, Any]:
+    responses = list(model.stream_complete(query, tenant=tenant, user=user, **({"tier": tier} if tier else {})))
+    return {"answer": responses[-1].text, **comparable(responses[-1].additional_kwargs["frugal"])}
 
 
 def served_calls(framework: str, base_url: str) -> list[dict[str, Any]]:
@@ -123,9 +143,7 @@ def served_calls(framework: str, base_url: str) -> list[dict[str, Any]]:
 
 def test_tiers_pick_their_frontier_points_and_caps():
     with replay_server(RECORDS) as server:
-        model = FrugalChatModel.from_strategy(
-            strategy(), chat_stages(server.base_url), scorer=scorer, prices=PRICES, tiers=TIERS, tenants=TENANTS
-        )
+        model = lc_model(server.base_url, tiers=TIERS, tenants=TENANTS)
     assert model.cascade.models == [SMALL, BIG] and model.thresholds == [0.7]  # the strategy's own point
     assert sorted(model.tiers) == ["free", "paid"]
     assert model.tiers["free"].cascade.models == [SMALL] and model.tiers["free"].thresholds == []
@@ -137,14 +155,12 @@ def test_tiers_pick_their_frontier_points_and_caps():
 
 def test_adapters_and_both_serve_backends_give_the_same_chains_answers_and_costs():
     with replay_server(RECORDS) as server:
-        lc = FrugalChatModel.from_strategy(
-            strategy(), chat_stages(server.base_url), scorer=scorer, prices=PRICES, tiers=TIERS, tenants=TENANTS
-        )
-        li = FrugalLLM.from_strategy(
-            strategy(), like_stages(server.base_url), scorer=scorer, prices=PRICES, tiers=TIERS, tenants=TENANTS
-        )
+        lc = lc_model(server.base_url, tiers=TIERS, tenants=TENANTS)
+        li = li_model(server.base_url, tiers=TIERS, tenants=TENANTS)
         via_lc = [lc_call(lc, *call) for call, _ in CALLS]
         via_li = [li_call(li, *call) for call, _ in CALLS]
+        streamed_lc = [lc_streamed(lc, *call) for call, _ in CALLS]
+        streamed_li = [li_streamed(li, *call) for call, _ in CALLS]
         via_serve = {framework: served_calls(framework, server.base_url) for framework in ("langchain", "llamaindex")}
     for got, ((tier, tenant, _, _), (answer, chain, total)) in zip(via_lc, CALLS, strict=True):
         assert got["answer"] == answer
@@ -152,42 +168,25 @@ def test_adapters_and_both_serve_backends_give_the_same_chains_answers_and_costs
         assert Decimal(got["cost_usd"]) == total
         assert got.get("tier") == (tier or TENANTS.get(tenant, {}).get("tier"))  # the tenant's tier when none named
     assert via_li == via_lc
+    assert streamed_lc == via_lc and streamed_li == via_lc  # streaming runs the same tier's cascade
     assert via_serve["langchain"] == via_lc and via_serve["llamaindex"] == via_lc
-    expected = sum((total for _, (_, _, total) in CALLS), Decimal(0))
+    expected = 2 * sum((total for _, (_, _, total) in CALLS), Decimal(0))  # each call invoked, then streamed
     assert lc.cost_tracker.summary(decimals=True)["total_cost_usd"] == expected
     assert li.cost_tracker.summary(decimals=True)["total_cost_usd"] == expected
 
 
 def test_an_unknown_tier_is_refused_naming_the_tiers():
     with replay_server(RECORDS) as server:
-        lc = FrugalChatModel.from_strategy(
-            strategy(), chat_stages(server.base_url), scorer=scorer, prices=PRICES, tiers=TIERS
-        )
-        li = FrugalLLM.from_strategy(
-            strategy(), like_stages(server.base_url), scorer=scorer, prices=PRICES, tiers=TIERS
-        )
+        lc, li = lc_model(server.base_url, tiers=TIERS), li_model(server.base_url, tiers=TIERS)
         message = "the call names tier 'gold'; this model's tiers are one of ['free', 'paid']"
         with pytest.raises(ConfigurationError, match=message.replace("[", r"\[").replace("]", r"\]")):
             lc.invoke(AUTHOR, config={"metadata": {"tier": "gold"}})
         with pytest.raises(ConfigurationError, match="the call names tier 'gold'"):
             li.complete(AUTHOR, tier="gold")
         with pytest.raises(ConfigurationError, match=r"tenants\['acme'\]: tier 'gold' is not one of the tiers"):
-            FrugalChatModel.from_strategy(
-                strategy(),
-                chat_stages(server.base_url),
-                scorer=scorer,
-                prices=PRICES,
-                tiers=TIERS,
-                tenants={"acme": {"tier": "gold"}},
-            )
+            lc_model(server.base_url, tiers=TIERS, tenants={"acme": {"tier": "gold"}})
         with pytest.raises(ConfigurationError, match=r"tiers\['cheap'\]: no cascade costs at most 0.0001 per query"):
-            FrugalChatModel.from_strategy(
-                strategy(),
-                chat_stages(server.base_url),
-                scorer=scorer,
-                prices=PRICES,
-                tiers={"cheap": {"budget": 0.0001}},
-            )
+            lc_model(server.base_url, tiers={"cheap": {"budget": 0.0001}})
         assert server.request_count() == 0
 
 
@@ -195,16 +194,11 @@ def test_an_unknown_tier_is_refused_naming_the_tiers():
 
 
 def shared_models(base_url: str, tenants: dict[str, Any] | None) -> tuple[Any, Any, Budget, Budget]:
+    """One model per adapter, each with its own answer cache and a budget of $1 a day per user."""
     budgets = [Budget(MemoryLedger(), [Limit("user", "1", period="day")]) for _ in range(2)]
-    common = {"scorer": scorer, "prices": PRICES, "tenants": tenants, "max_output_tokens": {SMALL: 100, BIG: 100}}
-    lc = FrugalChatModel.from_strategy(
-        strategy(), chat_stages(base_url), answer_cache=AnswerCache(embedder=HashingEmbedder()), budget=budgets[0],
-        **common,
-    )  # fmt: skip
-    li = FrugalLLM.from_strategy(
-        strategy(), like_stages(base_url), answer_cache=AnswerCache(embedder=HashingEmbedder()), budget=budgets[1],
-        **common,
-    )  # fmt: skip
+    common = {"tenants": tenants, "max_output_tokens": {SMALL: 100, BIG: 100}}
+    lc = lc_model(base_url, answer_cache=AnswerCache(embedder=HashingEmbedder()), budget=budgets[0], **common)
+    li = li_model(base_url, answer_cache=AnswerCache(embedder=HashingEmbedder()), budget=budgets[1], **common)
     return lc, li, budgets[0], budgets[1]
 
 
