@@ -85,6 +85,11 @@ class _Store:
 
 
 @dataclass
+class _Route:
+    query: str
+
+
+@dataclass
 class _Reserve:
     context: CallContext
     model: str
@@ -168,6 +173,8 @@ class Cascade:
         on_budget: BudgetPolicy = "stop",
         output_limits: Sequence[int | None] | None = None,
         step_policy: StepPolicy | str | Scorer | Callable[..., float] | None = None,
+        gates: Sequence[float | None] | None = None,
+        router: Router | None = None,
     ) -> None:
         self.models = list(models)
         if not self.models:
@@ -185,6 +192,7 @@ class Cascade:
         self.answer_cache = answer_cache
         self.budget = budget
         self.output_limits: list[int | None] = self._check_limits(output_limits)
+        self.gates, self.router = _check_gates(gates, router, self.models)
         self.failure_warnings = StageFailureWarnings()
         self.step_policy = as_step_policy(step_policy)
 
@@ -235,10 +243,20 @@ class Cascade:
         outputs: dict[int, StageOutput] = {}
         answers: list[str] = []
         best: int | None = None
+        routed: Sequence[float | None] | None = None
         for i in range(n):
             attempt = attempts[i]
             last = i == n - 1
             attempt.threshold = None if last else self.thresholds[i]
+            gate = self.gates[i]
+            if gate is not None and not last:
+                if routed is None:
+                    routed = yield _Route(query)
+                predicted = routed[i] if i < len(routed) else None
+                if predicted is not None and predicted < gate:
+                    attempt.status = "routed_past"
+                    attempt.score = float(predicted)
+                    continue
             reservation: Reservation | None = None
             if self.budget is not None:
                 granted = yield _Reserve(context, attempt.model, self.worst_case(i, context))
@@ -547,6 +565,8 @@ class Cascade:
     def _sync_step(self, step: object, calls: Sequence[StageCall]) -> Any:
         if isinstance(step, ScoreRequest):
             return self.scorer.score(step)
+        if isinstance(step, _Route):
+            return self._route(step.query)
         if isinstance(step, _RateToolCall):
             return step.scorer.score(step.request)
         if isinstance(step, _Call):
@@ -559,6 +579,8 @@ class Cascade:
         return self._hook_step(step, asynchronous=False)
 
     async def _async_step(self, step: object, calls: Sequence[AsyncStageCall]) -> Any:
+        if isinstance(step, _Route):
+            return await asyncio.to_thread(self._route, step.query)
         if isinstance(step, ScoreRequest):
             if isinstance(self.scorer, AsyncScorer):
                 return await self.scorer.ascore(step)
@@ -576,6 +598,16 @@ class Cascade:
             return Called(output, None, elapsed_ms(started))
         pending = self._hook_step(step, asynchronous=True)
         return await pending if isinstance(pending, Awaitable) else pending
+
+    def _route(self, query: str) -> list[float | None]:
+        """The router's prediction per stage; a router that fails routes nothing past (every stage is called)."""
+        assert self.router is not None
+        try:
+            values = list(self.router(query))
+        except Exception as exc:  # the router is an optimisation: never let it fail a call
+            log.warning("the router failed (%s: %s); no stage is skipped", type(exc).__name__, exc)
+            return [None] * len(self.models)
+        return [None if v is None else float(v) for v in values]
 
     def _hook_step(self, step: object, *, asynchronous: bool) -> Any:
         """Cache and budget steps; on the event loop, a hook's async twin
@@ -737,6 +769,26 @@ def _no_limit(stage: int, model: str) -> str:
         f"stage {stage} ({model}) has no known maximum of output tokens, so a budget cannot reserve its worst "
         f"case; give it with max_output_tokens={{{model!r}: N}} or set max_tokens on the stage"
     )
+
+
+Router = Callable[[str], Sequence["float | None"]]
+"""``router(query)``: per stage, the predicted probability that it answers correctly (``None``: unknown)."""
+
+
+def _check_gates(
+    gates: Sequence[float | None] | None, router: Router | None, models: Sequence[str]
+) -> tuple[list[float | None], Router | None]:
+    if gates is None:
+        return [None] * len(models), router
+    values = list(gates)
+    if len(values) != len(models):
+        raise ConfigurationError(f"{len(models)} stages need {len(models)} gates (None: no gate), got {len(values)}")
+    for i, g in enumerate(values):
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int | float) or not 0.0 <= g <= 1.0):
+            raise ConfigurationError(f"gates[{i}] ({models[i]}) must be a probability in [0, 1] or None, got {g!r}")
+    if any(g is not None for g in values) and router is None:
+        raise ConfigurationError("gated stages need a router (e.g. the strategy scorer's query prior)")
+    return [None if g is None else float(g) for g in values], router
 
 
 def check_thresholds(thresholds: Sequence[float], stages: int) -> list[float]:

@@ -18,7 +18,7 @@ from typing import Any
 from shared_scorer.costs import price_pairs
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.scoring.base import ScoreRequest, as_scorer
-from shared_scorer.strategy import Strategy, split_cap
+from shared_scorer.strategy import Strategy, split_cap, split_gate
 
 
 def strategy_settings(
@@ -66,10 +66,12 @@ def strategy_settings(
     if prices is None and strategy.prices:
         prices = price_pairs(strategy.prices)
     by_stage = {name_of(s): prices[n] for s, n in zip(models, chain, strict=True) if n in prices} if prices else None
+    gates = [split_gate(entry)[1] for entry in strategy.chain]
     return {
         "stages": models,
         "scorer": RenamedScorer(scorer, chain),
         "thresholds": list(strategy.thresholds),
+        "gates": gates if any(g is not None for g in gates) else None,
         "prices": by_stage or None,
         "strategy_id": strategy_id(strategy),
     }
@@ -98,6 +100,12 @@ class RenamedScorer:
 
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[float]:
         return [float(v) for v in self.inner.score_batch([self._rename(r) for r in requests])]
+
+    def route_stages(self, query: str) -> list[float | None]:
+        """The router's prediction for each stage (by the strategy's model names); ``None`` where unknown."""
+        route = getattr(self.inner, "route", None)
+        predicted = route(query) if route is not None else {}
+        return [predicted.get(name) for name in self.names]
 
 
 def apply_cap(model: Any, cap: int, name: str = "") -> Any:

@@ -73,6 +73,12 @@ class CascadeSettings(BaseModel):
     thresholds: list[float] = Field(
         default_factory=list, description="One acceptance threshold in [0, 1] per stage but the last."
     )
+    gates: list[float | None] | None = Field(
+        default=None,
+        description="Router gates, one per stage (``None``: no gate): a gated stage is skipped, at no cost, when "
+        "the scorer's router (``scorer.route_stages(query)``, the strategy scorer's query prior) predicts its "
+        "answer is correct with a probability below the gate. Set by ``from_strategy`` for a router-started chain.",
+    )
     prices: dict[str, Any] | None = Field(
         default=None,
         description="Price overrides by stage model name: ``(input, output)`` USD per million tokens or a "
@@ -266,6 +272,8 @@ class CascadeSettings(BaseModel):
             on_budget=self.on_budget,
             output_limits=limits,
             step_policy=self.tool_call_policy,
+            gates=self.gates,
+            router=getattr(self.scorer, "route_stages", None) if self.gates else None,
         )
 
     # ------------------------------------------------------------------ what every call does

@@ -122,6 +122,24 @@ def _add_fit(subparsers: SubParsers, name: str) -> None:
         action="store_false",
         help="score from the text alone (default: also the answer's billed output tokens and length)",
     )
+    p.add_argument(
+        "--signals",
+        default="all",
+        help="signals each stage's combiner may use, kept only where they raise out-of-fold AUROC: all (default), "
+        "none (the text score alone), or a comma-separated subset of text,logprob,tokens,chars,prior,agree",
+    )
+    p.add_argument(
+        "--no-router",
+        dest="router",
+        action="store_false",
+        help="search fixed chains only (default: also chains whose first stage is gated by the query prior)",
+    )
+    p.add_argument(
+        "--selection",
+        choices=("robust", "best"),
+        default="robust",
+        help="the deployed point under --budget: robust (holds on every fold, default) or best (in-sample)",
+    )
     p.add_argument("--top-lr", type=positive_float, default=3e-4, help="learning rate of the top layer (head: 1e-3)")
     p.add_argument("--candidates", choices=("grid", "quantiles", "both"), default="both")
     p.add_argument(
@@ -173,7 +191,22 @@ def _config(args: argparse.Namespace) -> Any:
         target_accuracy=args.target_accuracy,
         seed=args.seed,
         train=train,
+        signals=_signals(args.signals, args.usage_signals),
+        router=args.router,
+        selection=args.selection,
     )
+
+
+def _signals(text: str, usage: bool) -> tuple[str, ...]:
+    from shared_scorer.scoring.combiner import FEATURES
+
+    if text == "none":
+        return ()
+    chosen = FEATURES if text == "all" else tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [v for v in chosen if v not in FEATURES]
+    if unknown:
+        raise ConfigurationError(f"--signals: unknown {unknown}; choose from all, none, {','.join(FEATURES)}")
+    return tuple(v for v in chosen if usage or v not in ("tokens", "chars"))
 
 
 def _caps(text: str) -> list[int]:

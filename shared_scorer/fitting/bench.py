@@ -22,11 +22,16 @@ import numpy as np
 from shared_scorer.costs import PriceSpec
 from shared_scorer.errors import ConfigurationError
 from shared_scorer.fitting.columns import add_capped_columns
+from shared_scorer.fitting.combine import score_table
 from shared_scorer.fitting.data import Record
 from shared_scorer.fitting.fit import FitConfig, build_table, fit, score_rows
 from shared_scorer.fitting.frontier import pareto_mask
+from shared_scorer.fitting.robust import robust_select
+from shared_scorer.fitting.routing import add_router_columns, conditional_after
 from shared_scorer.fitting.search import Table, evaluate_chain
-from shared_scorer.strategy import Frontier, Strategy, split_cap
+from shared_scorer.fitting.signal_fit import test_priors
+from shared_scorer.scoring.encoding import request_of
+from shared_scorer.strategy import Frontier, FrontierPoint, Strategy, split_cap
 
 FRACTIONS = (0.1, 0.2, 0.5)
 ONE_POINT = 0.01
@@ -103,12 +108,15 @@ def selected_by_train_budget(
     train_best_cost: float,
     test_best_cost: float,
     fractions: Sequence[float] = (*FRACTIONS, 1.0),
+    choose: Callable[[float], FrontierPoint] | None = None,
 ) -> dict[str, Any]:
-    """What a user gets on test when choosing by budget on train: budget = fraction x best model's train cost."""
+    """What a user gets on test when choosing by budget on train: budget = fraction x best model's train cost;
+    ``choose(budget)`` picks the point (default: the most accurate train point within the budget)."""
     out: dict[str, Any] = {}
     for fraction in fractions:
         try:
-            point = train_frontier.select(budget=fraction * train_best_cost)
+            budget = fraction * train_best_cost
+            point = choose(budget) if choose is not None else train_frontier.select(budget=budget)
         except ConfigurationError:
             out[str(fraction)] = None
             continue
@@ -145,15 +153,34 @@ def _test_tables(
     models: Sequence[str],
     caps: Mapping[str, Any],
     prices: Mapping[str, PriceSpec] | None,
+    gates: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[Table, Table]:
-    """(the test table without caps, with the capped columns): the test rows scored by ``scorer``."""
+    """(the test table without caps, with every searched column): the test rows scored by ``scorer`` as the
+    cascade would score them, at each position (its combiners, its prior for the ``gates``)."""
     test_rows = [r for r in test_records if r.model in set(models)]
-    _, complete = _complete(test_rows, models)
-    values = score_rows(scorer, complete)
-    scores = {(r.query_id, r.model): float(v) for r, v in zip(complete, values, strict=True)}
+    ids, complete = _complete(test_rows, models)
+    combiners = getattr(scorer, "combiners", None) or {}
+    if not all(m in combiners for m in models):
+        values = score_rows(scorer, complete)
+        scores = {(r.query_id, r.model): float(v) for r, v in zip(complete, values, strict=True)}
+        test_ids, plain_test = build_table(complete, models, scores, prices)
+        test_table, _ = add_capped_columns(plain_test, test_ids, complete, caps, prices)
+        return plain_test, test_table
+    logits = scorer.logits([request_of(r) for r in complete])
+    text = {(r.query_id, r.model): float(v) for r, v in zip(complete, logits, strict=True)}
+    priors = test_priors(scorer, ids, complete, models)
+    prior = (
+        None
+        if priors is None
+        else {(q, m): float(priors[i, j]) for i, q in enumerate(ids) for j, m in enumerate(models)}
+    )
+    first, after = score_table(ids, complete, models, combiners, text, prior)
+    scores = {(q, m): float(first[i, j]) for i, q in enumerate(ids) for j, m in enumerate(models)}
     test_ids, plain_test = build_table(complete, models, scores, prices)
     test_table, _ = add_capped_columns(plain_test, test_ids, complete, caps, prices)
-    return plain_test, test_table
+    if gates and priors is not None:
+        test_table, _ = add_router_columns(test_table, models, priors, given=gates)
+    return plain_test, conditional_after(test_table, models, first, after)
 
 
 def _pareto(frontier: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -183,7 +210,7 @@ def bench_strategy(
     scorer = DistilBertScorer.load(strategy.scorer_path(), expect_models=models)
     caps = strategy.info.get("caps") or {}
     t0 = time.perf_counter()
-    plain_test, test_table = _test_tables(scorer, test_records, models, caps, prices)
+    plain_test, test_table = _test_tables(scorer, test_records, models, caps, prices, strategy.info.get("gates"))
     score_seconds = time.perf_counter() - t0
     singles = single_models(plain_test)
     best = best_single(singles)
@@ -199,6 +226,7 @@ def bench_strategy(
         "headline": headline(frontier, best),
         "strategy": strategy_on(test_table, strategy, best),
         "selected_by_train_budget": None,
+        "selected_robust_by_train_budget": None,
         "out_of_fold_auroc": strategy.info.get("out_of_fold_auroc"),
         "fit": {"strategy": str(strategy.path), "seconds": {"score_test": round(score_seconds, 2)}},
         "refit": False,
@@ -227,7 +255,8 @@ def bench(
         progress(f"scoring the test split with the final scorer ({len(test_records)} rows)")
     t0 = time.perf_counter()
     caps = result.strategy.info.get("caps") or {}
-    plain_test, test_table = _test_tables(result.scorer, test_records, models, caps, prices)
+    gates = result.strategy.info.get("gates")
+    plain_test, test_table = _test_tables(result.scorer, test_records, models, caps, prices, gates)
     score_seconds = time.perf_counter() - t0
     singles = single_models(plain_test)
     train_singles = [s for s in single_models(result.table) if s["model"] in set(models)]
@@ -247,6 +276,15 @@ def bench(
         "selected_by_train_budget": selected_by_train_budget(
             result.strategy.frontier, test_table, train_best_cost, float(best["cost_per_query"])
         ),
+        "selected_robust_by_train_budget": None
+        if result.groups is None
+        else selected_by_train_budget(
+            result.strategy.frontier,
+            test_table,
+            train_best_cost,
+            float(best["cost_per_query"]),
+            choose=lambda b: robust_select(result.strategy.frontier, result.table, _groups(result.groups), b),
+        ),
         "out_of_fold_auroc": result.strategy.info.get("out_of_fold_auroc"),
         "fit": {
             "folds": config.folds,
@@ -259,6 +297,11 @@ def bench(
         "best_single_chosen_on": "train",
         "seconds_total": round(time.perf_counter() - started, 2),
     }
+
+
+def _groups(groups: np.ndarray | None) -> np.ndarray:
+    assert groups is not None
+    return groups
 
 
 def _complete(rows: Sequence[Record], models: Sequence[str]) -> tuple[list[str], list[Record]]:

@@ -32,7 +32,8 @@ from shared_scorer.scoring.combiner import FEATURES, Combiner, ModelCombiners, r
 
 MIN_GAIN = 0.005
 """A signal is kept when it raises the out-of-fold AUROC by at least this much."""
-MIN_ROWS = 30
+MIN_ROWS = 20
+"""Fewer rows (or one class only) and no signal can be told from chance: the combiner is a constant."""
 RIDGE = 1.0
 
 

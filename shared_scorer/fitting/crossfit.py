@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +42,22 @@ from shared_scorer.scoring.training import (
 )
 
 
-def fold_of(query_ids: Sequence[str], folds: int, seed: int) -> dict[str, int]:
-    """Assign each query to one of ``folds`` groups of (nearly) equal size, from a local Generator."""
+def fold_of(
+    query_ids: Sequence[str], folds: int, seed: int, strata: Mapping[str, float] | None = None
+) -> dict[str, int]:
+    """Assign each query to one of ``folds`` groups of (nearly) equal size, from a local Generator.
+
+    With ``strata`` (e.g. how many models answered a query correctly) the queries are dealt in order of
+    stratum, so every fold holds the same mix of easy and hard queries: a fold whose training part is
+    easier than its held-out part would shift its scores and fake an anti-correlated signal.
+
+    >>> fold_of(["a", "b", "c", "d"], 2, 0, strata={"a": 0, "b": 0, "c": 1, "d": 1})["a"] != \
+    ...     fold_of(["a", "b", "c", "d"], 2, 0, strata={"a": 0, "b": 0, "c": 1, "d": 1})["b"]
+    True
+    """
     order = np.random.default_rng(seed).permutation(len(query_ids))
+    if strata is not None:
+        order = np.array(sorted(order, key=lambda i: strata[query_ids[int(i)]]), dtype=np.int64)
     return {query_ids[int(i)]: n % folds for n, i in enumerate(order)}
 
 
@@ -292,8 +305,10 @@ def cross_fit_top_layer(
     train: TrainConfig,
     top: TopLayerConfig | None = None,
     progress: Callable[[str], None] | None = None,
-) -> tuple[dict[tuple[str, str], float], Any, dict[str, float]]:
-    """Out-of-fold calibrated scores for every row, and the final scorer trained on all rows."""
+    fold: Mapping[str, int] | None = None,
+) -> tuple[dict[tuple[str, str], float], Any, dict[str, float], dict[tuple[str, str], float]]:
+    """Out-of-fold calibrated scores for every row, the final scorer trained on all rows, the timings, and
+    the out-of-fold raw logits. ``fold`` assigns queries to folds (default: :func:`fold_of`)."""
     from shared_scorer.scoring.encoding import SHARED
 
     ids = list(dict.fromkeys(r.query_id for r in rows))
@@ -303,7 +318,8 @@ def cross_fit_top_layer(
         progress(f"encoding {len(rows)} pairs with the frozen lower layers")
     trainer = TopLayerTrainer(train, rows, top)
     seconds = {"encode": trainer.encode_seconds}
-    fold = fold_of(ids, folds, seed)
+    fold = fold or fold_of(ids, folds, seed)
+    folds = len(set(fold.values()))
     oof = np.empty(len(rows))
     started = time.perf_counter()
     for f in range(folds):
@@ -352,4 +368,5 @@ def cross_fit_top_layer(
     scorer = trainer.scorer(state, calibrators, info)
     scorer.stackers = stackers
     out = {(r.query_id, r.model): float(s) for r, s in zip(rows, scores, strict=True)}
-    return out, scorer, seconds
+    logits = {(r.query_id, r.model): float(v) for r, v in zip(rows, oof, strict=True)}
+    return out, scorer, seconds, logits

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,10 @@ from shared_scorer.errors import ConfigurationError, DataError
 from shared_scorer.fitting.columns import add_capped_columns, choose_caps
 from shared_scorer.fitting.crossfit import TopLayerConfig, cross_fit_top_layer, fold_of
 from shared_scorer.fitting.data import Record, fingerprint, models_of
+from shared_scorer.fitting.robust import robust_select
 from shared_scorer.fitting.search import Table, search
+from shared_scorer.fitting.signal_fit import SignalFit
+from shared_scorer.scoring.combiner import FEATURES, logit
 from shared_scorer.scoring.encoding import request_of
 from shared_scorer.scoring.training import TrainConfig
 from shared_scorer.strategy import Frontier, Strategy
@@ -79,6 +82,17 @@ class FitConfig:
     """Output-token caps searched per model (see :mod:`shared_scorer.fitting.columns`): ``auto`` (each model's output
     quantiles), ``none``, or a list of token counts."""
     seed: int = 0
+    signals: tuple[str, ...] = FEATURES
+    """Signals the per-stage combiners may use (:mod:`shared_scorer.fitting.combine`); each is kept only where
+    it raises out-of-fold AUROC. ``()``: the text scorer's calibrated score alone (FrugalGPT's scorer)."""
+    router: bool = True
+    """Also search router-started chains: a first stage gated by its query prior
+    (:mod:`shared_scorer.fitting.routing`)."""
+    embed: Callable[[Sequence[str]], np.ndarray] | None = None
+    """Query embeddings for the prior and router (default: the local MiniLM encoder)."""
+    selection: str = "robust"
+    """How the deployed point is picked under a budget: ``robust`` (the point that holds across folds,
+    :mod:`shared_scorer.fitting.robust`) or ``best`` (the most accurate in-sample point)."""
     design: str = "top-layer"
     """``top-layer``: cross-fit the top layer on cached frozen states (see :mod:`shared_scorer.fitting.crossfit`);
     ``full``: cross-fit ``DistilBertScorer.train`` itself (``train.freeze_layers`` lower layers frozen)."""
@@ -92,6 +106,11 @@ class FitConfig:
             raise ConfigurationError(f"design must be 'top-layer' or 'full', got {self.design!r}")
         if self.budget is not None and self.target_accuracy is not None:
             raise ConfigurationError("give a budget or a target accuracy, not both")
+        if self.selection not in ("robust", "best"):
+            raise ConfigurationError(f"selection must be 'robust' or 'best', got {self.selection!r}")
+        unknown = [s for s in self.signals if s not in FEATURES]
+        if unknown:
+            raise ConfigurationError(f"unknown signals {unknown}; known: {list(FEATURES)}")
 
 
 @dataclass
@@ -102,6 +121,8 @@ class FitResult:
     table: Table
     scorer: Any
     seconds: dict[str, float]
+    groups: np.ndarray | None = None
+    """The cross-fitting fold of each query of ``table`` (for :func:`~shared_scorer.fitting.robust.robust_select`)."""
 
 
 def complete_rows(records: Sequence[Record], models: Sequence[str]) -> tuple[list[str], list[Record]]:
@@ -168,12 +189,14 @@ def cross_fit(
     seed: int,
     train: Callable[[Sequence[Record], int], Any],
     progress: Callable[[str], None] | None = None,
+    fold: Mapping[str, int] | None = None,
 ) -> dict[tuple[str, str], float]:
     """Out-of-fold scores: each query's rows scored by a scorer trained without that query."""
     ids = list(dict.fromkeys(r.query_id for r in records))
     if len(ids) < 2 * folds:
         raise DataError(f"{len(ids)} queries are too few for {folds}-fold cross-fitting")
-    fold = fold_of(ids, folds, seed)
+    fold = fold or fold_of(ids, folds, seed)
+    folds = len(set(fold.values()))
     scores: dict[tuple[str, str], float] = {}
     for f in range(folds):
         inside = [r for r in records if fold[r.query_id] != f]
@@ -209,19 +232,34 @@ def fit(
     unknown = [m for m in models if m not in set(models_of(records))]
     if unknown:
         raise DataError(f"models {unknown} have no rows in the training data")
-    _, rows = complete_rows(records, models)
+    ids, rows = complete_rows(records, models)
+    if len(ids) < 2 * config.folds:
+        raise DataError(f"{len(ids)} queries are too few for {config.folds}-fold cross-fitting")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
+    solved = {q: 0.0 for q in ids}
+    for r in rows:
+        solved[r.query_id] += r.correct
+    fold = fold_of(ids, config.folds, config.seed, strata=solved)
     scorer: Any = None
     if train is None and config.design == "top-layer":
-        oof, scorer, parts = cross_fit_top_layer(rows, config.folds, config.seed, config.train, config.top, progress)
+        oof, scorer, parts, logits = cross_fit_top_layer(
+            rows, config.folds, config.seed, config.train, config.top, progress, fold=fold
+        )
         seconds.update({f"scorer_{k}": v for k, v in parts.items()})
     else:
         trainer = train or distilbert_trainer(config.train)
-        oof = cross_fit(rows, config.folds, config.seed, trainer, progress)
+        oof = cross_fit(rows, config.folds, config.seed, trainer, progress, fold=fold)
+        logits = {key: float(logit(value)) for key, value in oof.items()}
         seconds["cross_fit"] = time.perf_counter() - started
-    ids, plain = build_table(rows, models, oof, prices)
+        started = time.perf_counter()
+        scorer = trainer(rows, config.seed)
+        seconds["final_scorer"] = time.perf_counter() - started
+    signals = SignalFit.run(ids, rows, models, fold, logits, scorer, config, progress)
+    seconds.update(signals.seconds)
+    ids, plain = build_table(rows, models, signals.first if signals.first is not None else oof, prices)
     table, cap_info = add_capped_columns(plain, ids, rows, choose_caps(rows, models, config.caps), prices)
+    table, gates = signals.columns(table, ids, models)
     started = time.perf_counter()
     frontier: Frontier = search(
         table,
@@ -233,10 +271,6 @@ def fit(
     seconds["search"] = time.perf_counter() - started
     if progress:
         progress(f"search: {len(frontier)} frontier points in {seconds['search']:.2f}s")
-    if scorer is None:
-        started = time.perf_counter()
-        scorer = trainer(rows, config.seed)
-        seconds["final_scorer"] = time.perf_counter() - started
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     scorer.save(folder / "scorer")
@@ -252,7 +286,10 @@ def fit(
         "cost_source": "prices x tokens" if prices else "recorded cost_usd",
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "scorer_metrics": getattr(scorer, "metrics", {}),
-        "out_of_fold_auroc": _aurocs(plain),
+        "out_of_fold_auroc": _aurocs(plain, fold, ids),
+        "signals": signals.report,
+        "gates": gates,
+        "no_better_than_chance": signals.chance,
         "single_models": {  # what a tier's target_accuracy "best_single" reads (adapters/tiers.py)
             m: {"accuracy": float(plain.correct[:, j].mean()), "cost_per_query": float(plain.costs[:, j].mean())}
             for j, m in enumerate(plain.models)
@@ -267,16 +304,28 @@ def fit(
         prices=price_table,
         info=_finite(info),
     )
+    groups = np.array([fold[q] for q in ids])
+    if config.budget is not None and config.selection == "robust":
+        point = robust_select(frontier, table, groups, config.budget)
+        strategy = replace(
+            strategy,
+            chain=point.chain,
+            thresholds=point.thresholds,
+            expected={"accuracy": point.accuracy, "cost_per_query": point.cost},
+            info={**strategy.info, "selection": "robust: best worst-fold accuracy within the budget on every fold"},
+        )
     strategy.save(folder / "strategy.json")
-    return FitResult(strategy, table, scorer, seconds)
+    return FitResult(strategy, table, scorer, seconds, groups)
 
 
-def _aurocs(table: Table) -> dict[str, float | None]:
-    from shared_scorer.scoring.training import auroc
+def _aurocs(table: Table, fold: Mapping[str, int], ids: Sequence[str]) -> dict[str, float | None]:
+    """Each model's out-of-fold AUROC as a first stage, within folds (see :mod:`shared_scorer.fitting.combine`)."""
+    from shared_scorer.fitting.combine import within_fold_auroc
 
+    groups = np.array([fold[q] for q in ids])
     out: dict[str, float | None] = {}
     for j, m in enumerate(table.models):
-        value = auroc(table.correct[:, j], table.scores[:, j])
+        value = within_fold_auroc(table.correct[:, j], table.scores[:, j], groups)
         out[m] = None if math.isnan(value) else round(value, 4)
     return out
 

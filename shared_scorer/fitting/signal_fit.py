@@ -136,7 +136,8 @@ def _labels(ids: Sequence[str], rows: Sequence[Record], models: Sequence[str]) -
 
 
 def _best(report: Mapping[str, Any]) -> float:
-    return max((float(v["oof_auroc"]) for v in report.values()), default=0.5)
+    """The best out-of-fold AUROC of a model's first-position combiners."""
+    return max((float(v["oof_auroc"]) for k, v in report.items() if k.startswith("first")), default=0.5)
 
 
 def test_priors(scorer: Any, ids: Sequence[str], rows: Sequence[Record], models: Sequence[str]) -> np.ndarray | None:

@@ -28,7 +28,9 @@ import numpy as np
 from shared_scorer.errors import CheckpointError, ConfigurationError, ScorerError
 from shared_scorer.fitting.data import Record, fingerprint
 from shared_scorer.scoring.base import ScoreRequest
+from shared_scorer.scoring.combiner import ModelCombiners, combined_score
 from shared_scorer.scoring.encoding import SHARED, PairEncoder, predict_logits, request_of
+from shared_scorer.scoring.prior import QueryPrior
 from shared_scorer.scoring.signals import Stacker, answer_signals, fit_stacker
 from shared_scorer.scoring.training import Calibrator, TrainConfig, TrainResult, config_json, train_nets
 
@@ -69,6 +71,8 @@ class DistilBertScorer:
         quantized: bool = False,
         stackers: Mapping[str, Stacker] | None = None,
         with_context: bool = False,
+        combiners: Mapping[str, ModelCombiners] | None = None,
+        prior: QueryPrior | None = None,
     ) -> None:
         if num_threads is not None and num_threads < 1:
             raise ConfigurationError(f"num_threads must be >= 1, got {num_threads}")
@@ -78,6 +82,11 @@ class DistilBertScorer:
         self.tokenizer = tokenizer
         self.calibrators = dict(calibrators)
         self.stackers = dict(stackers or {})
+        self.combiners: dict[str, ModelCombiners] = dict(combiners or {})
+        """Per model, every signal combined (:mod:`shared_scorer.scoring.combiner`); replaces calibrator and
+        stacker for the models it names."""
+        self.prior = prior
+        """The query-only prior per model (:mod:`shared_scorer.scoring.prior`): a combiner feature and the router."""
         self.models = list(models)
         self.per_model = per_model
         self.max_length = max_length
@@ -192,7 +201,30 @@ class DistilBertScorer:
                 chosen = [requests[i] for i in index]
                 signals = answer_signals([r.output_tokens for r in chosen], [r.answer for r in chosen])
                 out[index] = self.stackers[model].apply(logits[index], signals, out[index])
+            if model in self.combiners:
+                for i in index:
+                    value = self._combined(requests[i], float(logits[i]))
+                    if value is not None:
+                        out[i] = value
         return out
+
+    def _combined(self, request: ScoreRequest, text_logit: float) -> float | None:
+        previous = request.previous_answers[-1] if request.previous_answers else None
+        prior = self.prior.predict(request.query).get(request.model) if self.prior is not None else None
+        return combined_score(
+            self.combiners[request.model],
+            text=text_logit,
+            logprob=getattr(request, "logprob", None),
+            output_tokens=request.output_tokens,
+            answer=request.answer,
+            prior=prior,
+            previous=previous,
+        )
+
+    def route(self, query: str) -> dict[str, float]:
+        """The router: each model's predicted probability of answering ``query`` correctly, before any call
+        (empty when this scorer has no query prior)."""
+        return self.prior.predict(query) if self.prior is not None else {}
 
     def score(self, request: ScoreRequest) -> float:
         """Calibrated probability that one answer is correct."""
@@ -230,6 +262,8 @@ class DistilBertScorer:
             quantized=True,
             stackers=self.stackers,
             with_context=self.encoder.with_context,
+            combiners=self.combiners,
+            prior=self.prior,
         )
 
     # ------------------------------------------------------------------ save / load
@@ -267,6 +301,8 @@ class DistilBertScorer:
             **({"context": True} if self.encoder.with_context else {}),
             "calibration": {k: c.to_json() for k, c in self.calibrators.items()},
             "stackers": {k: st.to_json() for k, st in self.stackers.items()},
+            "combiners": {k: c.to_json() for k, c in self.combiners.items()},
+            "prior": None if self.prior is None else self.prior.to_json(),
             **{k: v for k, v in self.info.items() if k not in {"format", "weights", "sha256", "tokenizer_sha256"}},
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2, allow_nan=True), encoding="utf-8")
@@ -331,6 +367,8 @@ class DistilBertScorer:
         try:
             calibrators = {k: Calibrator.from_json(v) for k, v in meta["calibration"].items()}
             stackers = {k: Stacker.from_json(v) for k, v in meta.get("stackers", {}).items()}
+            combiners = {k: ModelCombiners.from_json(v) for k, v in meta.get("combiners", {}).items()}
+            prior = None if meta.get("prior") is None else QueryPrior.from_json(meta["prior"])
         except (ValueError, AttributeError, TypeError, KeyError) as exc:
             raise CheckpointError(f"{folder / META_FILE}: bad calibration ({exc})") from None
         scorer = cls(
@@ -346,6 +384,8 @@ class DistilBertScorer:
             info={k: meta[k] for k in ("backbone", "training_data_fingerprint", "training", "metrics") if k in meta},
             stackers=stackers,
             with_context=meta.get("context") is True,
+            combiners=combiners,
+            prior=prior,
         )
         return scorer.quantized() if quantize else scorer
 
