@@ -146,8 +146,10 @@ def test_priors(scorer: Any, ids: Sequence[str], rows: Sequence[Record], models:
     if prior is None:
         return None
     text = {r.query_id: r.query for r in rows}
-    vectors = prior.embedder.embed([text[q] for q in ids]) if prior.embedder is not None else minilm_embed(
-        [text[q] for q in ids]
+    vectors = (
+        prior.embedder.embed([text[q] for q in ids])
+        if prior.embedder is not None
+        else minilm_embed([text[q] for q in ids])
     )
     predicted = prior.predict_vectors(np.asarray(vectors, dtype=float))
     return np.column_stack([predicted[m] for m in models])
