@@ -10,6 +10,7 @@ scope of the key that made it. In CI a missing ``redis-server`` or ``chroma`` fa
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import re
@@ -71,9 +72,15 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
     require(redis_server_binary() is not None, "redis-server is not installed (Debian: apt-get install redis-server)")
     require(chroma_binary() is not None, "the 'chroma' command is not installed (pip install chromadb)")
     folder = tmp_path_factory.mktemp("replicas")
-    strategy = tiny_strategy(folder, RECORDS[:8], chain=[SMALL, BIG], thresholds=[0.0], prices=PRICES)
     (folder / "keys.json").write_text(json.dumps(KEYS))
-    with redis_server() as ledger_url, chroma_server() as cache_url, replay_server(RECORDS) as replay:
+    with contextlib.ExitStack() as stack:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the scorer trains while the servers start
+            trained = pool.submit(tiny_strategy, folder, RECORDS[:8], chain=[SMALL, BIG], thresholds=[0.0],
+                                  prices=PRICES)  # fmt: skip
+            ledger_url = stack.enter_context(redis_server())
+            cache_url = stack.enter_context(chroma_server())
+            replay = stack.enter_context(replay_server(RECORDS))
+            strategy = trained.result()
         common = ["--strategy", str(strategy), "--keys", str(folder / "keys.json"),
                   "--stages-base-url", replay.base_url, "--ledger", ledger_url, "--answer-cache", cache_url,
                   "--limit", f"user={USER_LIMIT}/day", "--max-tokens", "50", "--stage-retries", "0"]  # fmt: skip
