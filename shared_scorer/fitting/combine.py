@@ -310,6 +310,9 @@ def _oof_scores(
     for chosen, rows, train_rows in plan:
         if chosen is None or not rows.any():
             continue
+        if chosen.constant:  # one score for every row: per-fold base rates would be a signal that is not there
+            out[rows] = chosen.apply_many([{}] * int(rows.sum()))
+            continue
         cols = [list(names).index(c) for c in chosen.features]
         for g in np.unique(groups[rows]):
             held = rows & (groups == g)
