@@ -29,7 +29,7 @@ from shared_scorer.adapters.settings import CascadeSettings
 from shared_scorer.cascade import Validator
 from shared_scorer.context import CallContext
 from shared_scorer.errors import ConfigurationError
-from shared_scorer.outcome import CascadeResult, StageOutput
+from shared_scorer.outcome import CascadeResult, StageOutput, asks_logprobs
 from shared_scorer.streaming import LiveProgress, with_usage
 from shared_scorer.tools import ToolCallValidator
 
@@ -587,9 +587,16 @@ def _with_stream_usage(stage: Any) -> Any:
 
 def _with_logprobs(stage: Any, request: bool) -> Any:
     """The stage as it is called: a copy with ``logprobs=True`` where the client has that field (ChatOpenAI
-    and its kin), ``request`` (``request_logprobs``) is on and the user left it unset, so that its answers
-    carry token log-probabilities (``response_metadata["logprobs"]``) for the scorer."""
-    if request and "logprobs" in getattr(type(stage), "model_fields", {}) and "logprobs" not in stage.model_fields_set:
+    and its kin), ``request`` (``request_logprobs``) is on, the user left it unset and the model is not one
+    that rejects it (:func:`~shared_scorer.outcome.asks_logprobs`), so that its answers carry token
+    log-probabilities (``response_metadata["logprobs"]``) for the scorer."""
+    if (
+        not request
+        or "logprobs" not in getattr(type(stage), "model_fields", {})
+        or "logprobs" in stage.model_fields_set
+    ):
+        return stage
+    if asks_logprobs(stage_name(stage)):
         return stage.model_copy(update={"logprobs": True})
     return stage
 

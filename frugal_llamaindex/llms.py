@@ -30,7 +30,7 @@ from shared_scorer.adapters.settings import CascadeSettings
 from shared_scorer.cascade import Validator
 from shared_scorer.context import CallContext
 from shared_scorer.errors import ConfigurationError
-from shared_scorer.outcome import CascadeResult, StageOutput
+from shared_scorer.outcome import CascadeResult, StageOutput, asks_logprobs
 from shared_scorer.streaming import LiveProgress, with_usage
 from shared_scorer.tools import ToolCallValidator
 
@@ -423,11 +423,14 @@ def _completion(response: ChatResponse) -> CompletionResponse:
 
 def _asks_logprobs(stage: LLM, request: bool) -> bool:
     """Whether ``stage`` is called as a copy with ``logprobs=True``: ``request`` (``request_logprobs``) is on,
-    its client has the field (OpenAI, OpenAILike), the user left it unset and it talks to a chat endpoint
-    (a completion endpoint would be sent ``logprobs`` as a count)."""
+    its client has the field (OpenAI, OpenAILike), the user left it unset, it talks to a chat endpoint
+    (a completion endpoint would be sent ``logprobs`` as a count) and its model is not one that rejects it
+    (:func:`~shared_scorer.outcome.asks_logprobs`)."""
     if not request or "logprobs" not in type(stage).model_fields or "logprobs" in stage.model_fields_set:
         return False
-    return getattr(stage, "logprobs", None) is None and stage.metadata.is_chat_model
+    return (
+        getattr(stage, "logprobs", None) is None and stage.metadata.is_chat_model and asks_logprobs(stage_name(stage))
+    )
 
 
 def _with_tools(method: Callable[..., Any], tools: list[BaseTool]) -> Callable[..., Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -55,6 +56,20 @@ class StageOutput:
     logprob: float | None = None
     """The sum of the answer's token log-probabilities (see :func:`sum_logprobs`), or None when the
     provider gave none (not asked, or it does not support them)."""
+
+
+_NO_LOGPROBS = re.compile(r"^(o\d|gpt-5(?!-chat))")
+"""OpenAI reasoning models (o1, o3, o4-mini, gpt-5 but not gpt-5-chat): their API rejects ``logprobs``."""
+
+
+def asks_logprobs(model: str) -> bool:
+    """Whether a stage serving ``model`` is asked for token log-probabilities: every model but the OpenAI
+    reasoning models, whose API answers ``logprobs`` with an error (a ``provider/`` prefix is ignored).
+
+    >>> asks_logprobs("gpt-4o-mini"), asks_logprobs("o3-mini"), asks_logprobs("gpt-5-mini")
+    (True, False, False)
+    """
+    return _NO_LOGPROBS.match(model.rsplit("/", 1)[-1].lower()) is None
 
 
 def sum_logprobs(tokens: object) -> float | None:

@@ -22,7 +22,8 @@ for twice. A line cut short by a crash is dropped on the next run.
 
 Each answer's log-probability (the sum of its token log-probabilities) is recorded as ``logprob`` where the
 provider returns one: a chat model with a ``logprobs`` field (ChatOpenAI) is asked with ``logprobs=True``
-unless its ``kwargs`` set ``logprobs`` (``false`` for a server that rejects it).
+unless its ``kwargs`` set ``logprobs`` (``false`` for a server that rejects it) or it is an OpenAI reasoning
+model (o1, o3, o4-mini, gpt-5), whose API rejects it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from shared_scorer.errors import ConfigurationError, DataError
 from shared_scorer.fitting.data import parse_record
 from shared_scorer.fitting.grading import Metric
 from shared_scorer.jsonl import decode_line, iter_json_lines
-from shared_scorer.outcome import sum_logprobs
+from shared_scorer.outcome import asks_logprobs, sum_logprobs
 
 
 @dataclass
@@ -268,9 +269,11 @@ def _text(message: Any) -> str:
 
 def _with_logprobs(model: Any) -> Any:
     """``model``, or a copy asking for token log-probabilities where it has a ``logprobs`` field the
-    provider's ``kwargs`` left unset (ChatOpenAI and its kin)."""
+    provider's ``kwargs`` left unset (ChatOpenAI and its kin) and its model accepts it (:func:`asks_logprobs`)."""
     fields = getattr(type(model), "model_fields", {})
-    if "logprobs" in fields and "logprobs" not in getattr(model, "model_fields_set", {"logprobs"}):
+    if "logprobs" not in fields or "logprobs" in getattr(model, "model_fields_set", {"logprobs"}):
+        return model
+    if asks_logprobs(str(getattr(model, "model_name", None) or getattr(model, "model", ""))):
         return model.model_copy(update={"logprobs": True})
     return model
 

@@ -111,6 +111,13 @@ def test_langchain_stages_are_asked_for_logprobs_on_copies(server):
     assert [stage.logprobs for stage in off._callable_stages] == [None, None]
 
 
+def test_langchain_reasoning_stages_are_not_asked(server):
+    stages = [chat(server, "o3-mini"), chat(server, "gpt-5-mini"), chat(server, BIG)]
+    prices = {"o3-mini": (1, 4), "gpt-5-mini": (1, 2), BIG: (5, 15)}
+    model = FrugalChatModel(stages=stages, scorer=lambda q, a: 0.25, thresholds=[0.7, 0.7], prices=prices)
+    assert [stage.logprobs for stage in model._callable_stages] == [None, None, True]
+
+
 # ------------------------------------------------------------------ LlamaIndex
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from shared_scorer.errors import DataError
 from shared_scorer.fitting.data import load_records, parse_record
-from shared_scorer.outcome import Attempt, StageOutput, sum_logprobs
+from shared_scorer.outcome import Attempt, StageOutput, asks_logprobs, sum_logprobs
 from shared_scorer.scoring.base import ScoreRequest
 from shared_scorer.server.replay import recorded_reply
 from shared_scorer.server.testing import make_record
@@ -87,6 +87,25 @@ def test_sum_logprobs_of_openai_token_entries_and_objects():
         [{"logprob": float("nan")}],
     ):
         assert sum_logprobs(nothing) is None
+
+
+@pytest.mark.parametrize(
+    ("model", "asked"),
+    [
+        ("gpt-4o-mini", True),
+        ("qwen2.5-72b-instruct", True),
+        ("accounts/fireworks/models/llama-v3p1-8b-instruct", True),
+        ("gpt-5-chat-latest", True),
+        ("o1", False),
+        ("o3-mini", False),
+        ("o4-mini-2025-04-16", False),
+        ("openai/o3", False),
+        ("gpt-5-mini", False),
+        ("GPT-5.2", False),
+    ],
+)
+def test_reasoning_models_that_reject_logprobs_are_not_asked(model: str, asked: bool):
+    assert asks_logprobs(model) is asked
 
 
 def test_stage_output_and_score_request_carry_the_logprob():
