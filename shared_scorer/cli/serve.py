@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,8 @@ def tier_options(path: Path | None, keys: dict[str, Any]) -> dict[str, Any]:
 
 SERVE_ARGS_ENV = "FRUGAL_SERVE_ARGS"
 """How ``frugal serve --workers N`` hands its options to each worker process: JSON, see :func:`encode_args`."""
+SERVE_FAILURES_ENV = "FRUGAL_SERVE_FAILURES"
+"""The file where a worker that cannot build its app writes why (one line), for the command to report."""
 
 
 def _run_workers(args: argparse.Namespace) -> int:
@@ -254,11 +257,17 @@ def _run_workers(args: argparse.Namespace) -> int:
         )
     load_keys(args.keys)
     Strategy.load(args.strategy)
-    os.environ[SERVE_ARGS_ENV] = encode_args(args)
-    try:
-        uvicorn.run(f"{__name__}:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers)
-    finally:
-        os.environ.pop(SERVE_ARGS_ENV, None)
+    with tempfile.TemporaryDirectory(prefix="frugal-serve-") as folder:
+        failures = Path(folder) / "failures.txt"
+        os.environ[SERVE_ARGS_ENV], os.environ[SERVE_FAILURES_ENV] = encode_args(args), str(failures)
+        try:
+            uvicorn.run(f"{__name__}:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers)
+        finally:
+            os.environ.pop(SERVE_ARGS_ENV, None)
+            os.environ.pop(SERVE_FAILURES_ENV, None)
+        if failures.is_file():  # uvicorn stops when a worker cannot start, but exits 0
+            first = failures.read_text(encoding="utf-8", errors="replace").splitlines()[0]
+            raise ConfigurationError(f"frugal serve --workers {args.workers}: a worker could not start: {first}")
     return 0
 
 
@@ -268,7 +277,13 @@ def app_from_env() -> Any:
     text = os.environ.get(SERVE_ARGS_ENV)
     if not text:
         raise ConfigurationError(f"${SERVE_ARGS_ENV} is not set: start the workers with 'frugal serve --workers N'")
-    return build_app(decode_args(text))
+    try:
+        return build_app(decode_args(text))
+    except Exception as exc:  # told to the command, which exits with it once uvicorn has stopped
+        if failures := os.environ.get(SERVE_FAILURES_ENV):
+            with open(failures, "a", encoding="utf-8") as handle:
+                handle.write(f"{type(exc).__name__}: {exc}".replace("\n", " ") + "\n")
+        raise
 
 
 def encode_args(args: argparse.Namespace) -> str:

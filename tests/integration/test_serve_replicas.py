@@ -201,3 +201,47 @@ def test_workers_over_a_memory_ledger_are_refused_before_any_starts(tmp_path, ca
     err = capsys.readouterr().err
     assert "--workers 2 --ledger memory:: each worker would keep its own budget" in err
     assert "redis://HOST:PORT/DB" in err
+
+
+def test_a_worker_that_cannot_start_fails_the_command_naming_why(tmp_path, monkeypatch, capsys):
+    """uvicorn's supervisor stops when a worker cannot build its app, but exits 0: the command exits 2 with
+    the worker's reason. Each worker gets the command's options as they were parsed."""
+    for package in ("uvicorn", "starlette", "langchain_openai"):
+        require(importlib.util.find_spec(package) is not None, f"{package} is not installed")
+    import os
+
+    import uvicorn
+
+    from shared_scorer.budget import Limit
+    from shared_scorer.cli import main
+    from shared_scorer.cli import serve as serve_command
+    from shared_scorer.errors import CheckpointError
+    from shared_scorer.strategy import Frontier, FrontierPoint, Strategy
+
+    calls: list[tuple[Any, dict[str, Any]]] = []
+
+    def run(app: Any, **options: Any) -> None:  # the supervisor: a worker builds its app from the options
+        calls.append((app, options))
+        handed = serve_command.decode_args(os.environ[serve_command.SERVE_ARGS_ENV])
+        assert (handed.strategy, handed.limit, handed.workers) == (tmp_path / "s.json", [Limit("user", "5")], 3)
+        with pytest.raises(CheckpointError):
+            serve_command.app_from_env()  # the strategy's scorer folder is missing
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    point = FrontierPoint((SMALL, BIG), (0.5,), accuracy=1.0, cost=0.0)
+    table = {m: {"input_per_mtok": p[0], "output_per_mtok": p[1]} for m, p in PRICES.items()}
+    Strategy.from_frontier(Frontier([point]), scorer="scorer", data_fingerprint="0" * 64, prices=table).save(
+        tmp_path / "s.json"
+    )
+    (tmp_path / "keys.json").write_text(json.dumps(KEYS))
+    argv = ["serve", "--strategy", str(tmp_path / "s.json"), "--keys", str(tmp_path / "keys.json"),
+            "--stages-base-url", "http://127.0.0.1:9/v1", "--ledger", str(tmp_path / "ledger.db"),
+            "--limit", "user=5/day", "--workers", "3", "--port", "8123"]  # fmt: skip
+    assert main(argv) == 2
+    assert calls == [
+        ("shared_scorer.cli.serve:app_from_env", {"factory": True, "host": "127.0.0.1", "port": 8123, "workers": 3})
+    ]
+    err = capsys.readouterr().err
+    assert "frugal serve --workers 3: a worker could not start: CheckpointError: " in err
+    assert f"{tmp_path / 'scorer' / 'scorer.json'}: missing" in err
+    assert serve_command.SERVE_ARGS_ENV not in os.environ and serve_command.SERVE_FAILURES_ENV not in os.environ
