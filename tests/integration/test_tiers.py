@@ -4,6 +4,7 @@ FrugalChatModel, FrugalLLM and ``frugal serve`` (both backends), over real clien
 from __future__ import annotations
 
 import importlib
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -239,3 +240,48 @@ def test_without_the_opt_in_each_user_has_their_own_cache(adapter):
         assert call(model, None, "acme", "bob", AUTHOR)["cache_hit"] is None  # acme did not opt in
         assert call(model, None, "acme", "ann", AUTHOR)["cache_hit"] is not None  # ann's own entry still serves her
         assert server.request_count() == 4
+
+
+# ------------------------------------------------------------------ the command
+
+
+@pytest.mark.parametrize("framework", ["langchain", "llamaindex"])
+def test_frugal_serve_tiers_file_and_keys_pick_each_callers_tier(framework, tmp_path, monkeypatch):
+    """``frugal serve --tiers`` through ``main``: the key's tier, else its tenant's (the scorer and prices are
+    the test's: the command would load the strategy's DistilBERT checkpoint)."""
+    import uvicorn
+
+    from shared_scorer.budget import SQLiteLedger
+    from shared_scorer.cli import main
+
+    module = importlib.import_module(f"frugal_{framework}.serve")
+    build = module.serve_backend
+    monkeypatch.setattr(module, "serve_backend", lambda *a, **kw: build(*a, scorer=scorer, prices=PRICES, **kw))
+    answers: list[tuple[str | None, str]] = []
+
+    def run(app: Any, host: str, port: int) -> None:  # instead of blocking: serve, ask, stop
+        with serving(app) as base_url:
+            for user, query in (("ann", AUTHOR), ("carol", AUTHOR), ("dan", CAPITAL)):
+                client = openai.OpenAI(base_url=base_url, api_key=KEY_OF[user], max_retries=0, timeout=10)
+                reply = client.chat.completions.create(model="f", messages=[{"role": "user", "content": query}])
+                answers.append((reply.model_extra["frugal"].get("tier"), reply.choices[0].message.content))
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    strategy().save(tmp_path / "strategy.json")
+    (tmp_path / "keys.json").write_text(json.dumps(KEYS))
+    (tmp_path / "tiers.json").write_text(json.dumps({"tiers": TIERS, "tenants": TENANTS}))
+    ledger = tmp_path / "ledger.db"
+    with replay_server(RECORDS) as replay:
+        argv = ["serve", "--framework", framework, "--strategy", str(tmp_path / "strategy.json"),
+                "--keys", str(tmp_path / "keys.json"), "--tiers", str(tmp_path / "tiers.json"),
+                "--stages-base-url", replay.base_url, "--ledger", str(ledger)]  # fmt: skip
+        assert main(argv) == 0
+    assert answers == [("free", "Charles Dickens"), ("paid", "George Eliot"), (None, "Canberra")]
+    spend: dict[str, Decimal] = {}
+    for record in SQLiteLedger(ledger).records():
+        spend[record.user] = spend.get(record.user, Decimal(0)) + record.cost_usd
+    assert spend == {
+        "ann": cost(SMALL, 12, 3),
+        "carol": cost(SMALL, 12, 3) + cost(BIG, 12, 4),
+        "dan": cost(SMALL, 10, 3) + cost(BIG, 10, 2),
+    }
