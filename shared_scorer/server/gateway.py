@@ -169,6 +169,11 @@ def open_answer_cache(spec: str, *, semantic: bool = True) -> AnswerCache:
     from shared_scorer.cache import AnswerCache, ChromaStore
 
     if spec.startswith(("http://", "https://", "chroma://")):
+        if not semantic:  # ChromaStore keeps vectors: every store would fail (and be logged), nothing cached
+            raise ConfigurationError(
+                f"answer cache {spec!r}: a Chroma server stores embeddings, so it cannot be exact-only "
+                "(--answer-cache-exact); drop that option, or give a SQLite file"
+            )
         parts = urlsplit(spec)
         prefix = parts.path.strip("/") or "frugal-cache"
         store: Any = ChromaStore(parts.hostname or "127.0.0.1", parts.port or 8000, prefix=prefix)

@@ -245,3 +245,12 @@ def test_a_worker_that_cannot_start_fails_the_command_naming_why(tmp_path, monke
     assert "frugal serve --workers 3: a worker could not start: CheckpointError: " in err
     assert f"{tmp_path / 'scorer' / 'scorer.json'}: missing" in err
     assert serve_command.SERVE_ARGS_ENV not in os.environ and serve_command.SERVE_FAILURES_ENV not in os.environ
+
+
+def test_an_exact_only_chroma_cache_is_refused_at_start():
+    """Chroma stores vectors: exact-only, every store failed (logged, tolerated) and nothing was ever cached."""
+    from shared_scorer.errors import ConfigurationError
+    from shared_scorer.server.gateway import open_answer_cache
+
+    with pytest.raises(ConfigurationError, match="cannot be exact-only"):
+        open_answer_cache("http://127.0.0.1:9", semantic=False)
