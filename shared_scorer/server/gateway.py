@@ -102,10 +102,11 @@ class StageOptions:
 
     def caps(self, chain: Sequence[str]) -> dict[str, int | None]:
         """Each provider model of a strategy's ``chain`` and the ``max_tokens`` its stage client gets
-        (``None`` where the chain caps it as ``model@N``: ``from_strategy`` sets that cap on a copy)."""
+        (``None`` where the chain only caps it as ``model@N``: ``from_strategy`` sets that cap on a copy). A
+        model that tiers call both capped and uncapped gets ``max_tokens``; a capped copy keeps the smaller."""
         entries = [split_cap(entry) for entry in chain]
-        capped = {model for model, cap in entries if cap is not None}
-        return {model: None if model in capped else self.max_tokens for model, _ in entries}
+        uncapped = {model for model, cap in entries if cap is None}
+        return {model: self.max_tokens if model in uncapped else None for model, _ in entries}
 
     @classmethod
     def split(cls, options: Mapping[str, Any]) -> tuple[StageOptions, dict[str, Any]]:

@@ -126,3 +126,13 @@ def test_frugal_serve_reads_each_keys_tier_and_checks_it_against_the_tiers_file(
     keys.write_text(json.dumps({"sk-a": {"tenant": "acme", "tier": 3}}))
     with pytest.raises(ConfigurationError, match=r"key sk-a\.\.\.: 'tier' must be a tier name, got 3"):
         read_keys(keys)
+
+
+def test_serve_gives_max_tokens_to_a_model_that_some_tier_calls_uncapped():
+    """Tiers may call one model capped (``big@64``) and uncapped (``big``): its stage client gets --max-tokens
+    (a budget needs a bound for the uncapped use), and the capped tier's copy is cut to 64 by from_strategy."""
+    from shared_scorer.server.gateway import StageOptions
+
+    opts = StageOptions(base_url="http://127.0.0.1:9/v1", api_key="-", max_tokens=1024)
+    assert opts.caps(["small", "big@64", "big"]) == {"small": 1024, "big": 1024}
+    assert opts.caps(["small", "big@64"]) == {"small": 1024, "big": None}  # one chain: the learned cap only
