@@ -18,10 +18,11 @@ In CI (``CI=true``) a missing ``mkdocs`` fails the build test instead of skippin
 from __future__ import annotations
 
 import contextlib
+import doctest
+import importlib.util
 import io
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -153,8 +154,18 @@ def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
                 value.stop()
 
 
+def test_the_api_reference_fences_docstring_examples() -> None:
+    """The griffe extension of the API page (``docs/_ext/doctest_blocks.py``) passes its own doctests."""
+    spec = importlib.util.spec_from_file_location("doctest_blocks", DOCS / "_ext" / "doctest_blocks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert doctest.testmod(module).attempted == 2
+    assert doctest.testmod(module).failed == 0
+
+
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
-    require(shutil.which("mkdocs") is not None or _has_module("mkdocs"), "mkdocs is not installed (dev extra)")
+    require(importlib.util.find_spec("mkdocs") is not None, "mkdocs is not installed (the dev extra)")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     site = tmp_path / "site"
     result = subprocess.run(
@@ -171,9 +182,3 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
         assert f'id="{name}"' in api, f"the API page does not document {name}"
     for page in ("quickstart-langchain", "replay-server", "serve"):
         assert (site / page / "index.html").is_file()
-
-
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
