@@ -45,6 +45,8 @@ API_NAMES = (
     "shared_scorer.strategy.Strategy",
     "shared_scorer.budget.Budget",
     "shared_scorer.cache.AnswerCache",
+    "shared_scorer.scoring.distilbert.DistilBertScorer",
+    "shared_scorer.budget.sqlite_ledger.SQLiteLedger",
     "shared_scorer.server.replay.ReplayServer",
     "shared_scorer.server.scenarios.Scenario",
 )
