@@ -30,6 +30,7 @@ from shared_scorer.fitting.robust import robust_select
 from shared_scorer.fitting.routing import add_router_columns, conditional_after
 from shared_scorer.fitting.search import Table, evaluate_chain
 from shared_scorer.fitting.signal_fit import test_priors
+from shared_scorer.scoring.combiner import logit
 from shared_scorer.scoring.encoding import request_of
 from shared_scorer.strategy import Frontier, FrontierPoint, Strategy, split_cap
 
@@ -166,7 +167,9 @@ def _test_tables(
         test_ids, plain_test = build_table(complete, models, scores, prices)
         test_table, _ = add_capped_columns(plain_test, test_ids, complete, caps, prices)
         return plain_test, test_table
-    logits = scorer.logits([request_of(r) for r in complete])
+    requests = [request_of(r) for r in complete]
+    # a scorer without raw logits (a custom trainer's) gave fit the logit of its calibrated score
+    logits = scorer.logits(requests) if hasattr(scorer, "logits") else logit(np.asarray(scorer.score_batch(requests)))
     text = {(r.query_id, r.model): float(v) for r, v in zip(complete, logits, strict=True)}
     priors = test_priors(scorer, ids, complete, models)
     prior = (
