@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,7 @@ def tier_options(path: Path | None, keys: dict[str, Any]) -> dict[str, Any]:
 SERVE_ARGS_ENV = "FRUGAL_SERVE_ARGS"
 """How ``frugal serve --workers N`` hands its options to each worker process: JSON, see :func:`encode_args`."""
 SERVE_FAILURES_ENV = "FRUGAL_SERVE_FAILURES"
-"""The file where a worker that cannot build its app writes why (one line), for the command to report."""
+"""``PID:FILE``: where a worker that cannot build its app writes why (one line), and the command it stops."""
 
 
 def _run_workers(args: argparse.Namespace) -> int:
@@ -259,13 +260,13 @@ def _run_workers(args: argparse.Namespace) -> int:
     Strategy.load(args.strategy)
     with tempfile.TemporaryDirectory(prefix="frugal-serve-") as folder:
         failures = Path(folder) / "failures.txt"
-        os.environ[SERVE_ARGS_ENV], os.environ[SERVE_FAILURES_ENV] = encode_args(args), str(failures)
+        os.environ[SERVE_ARGS_ENV], os.environ[SERVE_FAILURES_ENV] = encode_args(args), f"{os.getpid()}:{failures}"
         try:
             uvicorn.run(f"{__name__}:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers)
         finally:
             os.environ.pop(SERVE_ARGS_ENV, None)
             os.environ.pop(SERVE_FAILURES_ENV, None)
-        if failures.is_file():  # uvicorn stops when a worker cannot start, but exits 0
+        if failures.is_file():  # the worker stopped uvicorn's supervisor, which would restart it forever
             first = failures.read_text(encoding="utf-8", errors="replace").splitlines()[0]
             raise ConfigurationError(f"frugal serve --workers {args.workers}: a worker could not start: {first}")
     return 0
@@ -279,10 +280,13 @@ def app_from_env() -> Any:
         raise ConfigurationError(f"${SERVE_ARGS_ENV} is not set: start the workers with 'frugal serve --workers N'")
     try:
         return build_app(decode_args(text))
-    except Exception as exc:  # told to the command, which exits with it once uvicorn has stopped
-        if failures := os.environ.get(SERVE_FAILURES_ENV):
+    except Exception as exc:  # told to the command, which stops its workers and exits with it
+        parent, _, failures = os.environ.get(SERVE_FAILURES_ENV, "").partition(":")
+        if failures:
             with open(failures, "a", encoding="utf-8") as handle:
                 handle.write(f"{type(exc).__name__}: {exc}".replace("\n", " ") + "\n")
+            if parent.isdigit() and int(parent) == os.getppid():  # not restarted in a loop: stop the command
+                os.kill(int(parent), signal.SIGTERM)
         raise
 
 

@@ -254,3 +254,31 @@ def test_an_exact_only_chroma_cache_is_refused_at_start():
 
     with pytest.raises(ConfigurationError, match="cannot be exact-only"):
         open_answer_cache("http://127.0.0.1:9", semantic=False)
+
+
+def test_frugal_serve_with_workers_that_cannot_start_exits_2_naming_why(tmp_path):
+    """The real command: uvicorn would restart a worker whose app cannot be built forever; the worker
+    stops the command instead, which exits 2 with the reason (here: the strategy's scorer is missing)."""
+    for package in ("uvicorn", "starlette", "langchain_openai"):
+        require(importlib.util.find_spec(package) is not None, f"{package} is not installed")
+    import subprocess
+
+    from shared_scorer.budget.redis_server import free_port
+    from shared_scorer.server.replicas import frugal_command
+    from shared_scorer.strategy import Frontier, FrontierPoint, Strategy
+
+    point = FrontierPoint((SMALL, BIG), (0.5,), accuracy=1.0, cost=0.0)
+    table = {m: {"input_per_mtok": p[0], "output_per_mtok": p[1]} for m, p in PRICES.items()}
+    Strategy.from_frontier(Frontier([point]), scorer="scorer", data_fingerprint="0" * 64, prices=table).save(
+        tmp_path / "s.json"
+    )
+    (tmp_path / "keys.json").write_text(json.dumps(KEYS))
+    argv = [*frugal_command(), "serve", "--strategy", str(tmp_path / "s.json"), "--keys", str(tmp_path / "keys.json"),
+            "--stages-base-url", "http://127.0.0.1:9/v1", "--ledger", str(tmp_path / "ledger.db"),
+            "--workers", "2", "--port", str(free_port())]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "frugal serve: error: frugal serve --workers 2: a worker could not start: CheckpointError: "
+        f"{tmp_path / 'scorer' / 'scorer.json'}: missing (not a DistilBertScorer checkpoint folder)"
+    )
