@@ -51,8 +51,8 @@ def fold_of(
     stratum, so every fold holds the same mix of easy and hard queries: a fold whose training part is
     easier than its held-out part would shift its scores and fake an anti-correlated signal.
 
-    >>> fold_of(["a", "b", "c", "d"], 2, 0, strata={"a": 0, "b": 0, "c": 1, "d": 1})["a"] != \
-    ...     fold_of(["a", "b", "c", "d"], 2, 0, strata={"a": 0, "b": 0, "c": 1, "d": 1})["b"]
+    >>> folds = fold_of(["a", "b", "c", "d"], 2, 0, strata={"a": 0, "b": 0, "c": 1, "d": 1})
+    >>> folds["a"] != folds["b"] and folds["c"] != folds["d"]
     True
     """
     order = np.random.default_rng(seed).permutation(len(query_ids))

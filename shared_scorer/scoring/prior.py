@@ -24,7 +24,7 @@ class QueryPrior:
     """Per model: ``sigmoid(w · embed(query) + b)``; JSON-serialisable.
 
     >>> prior = QueryPrior({"m": ([1.0, 0.0], 0.0)})
-    >>> round(prior.predict_vectors(np.array([[2.0, 5.0]]))["m"][0], 3)
+    >>> round(float(prior.predict_vectors(np.array([[2.0, 5.0]]))["m"][0]), 3)
     0.881
     """
 
