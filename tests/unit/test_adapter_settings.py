@@ -24,6 +24,7 @@ SETTINGS = [
     "stages",
     "scorer",
     "thresholds",
+    "gates",
     "prices",
     "return_policy",
     "tool_call_policy",
