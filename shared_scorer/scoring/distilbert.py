@@ -202,6 +202,8 @@ class DistilBertScorer:
                 signals = answer_signals([r.output_tokens for r in chosen], [r.answer for r in chosen])
                 out[index] = self.stackers[model].apply(logits[index], signals, out[index])
             if model in self.combiners:
+                if self.prior is not None:
+                    self.prior.predict_many([requests[i].query for i in index])  # one batch, then cached
                 for i in index:
                     value = self._combined(requests[i], float(logits[i]))
                     if value is not None:

@@ -12,11 +12,15 @@ Numpy at scoring time; the embedder (torch) is loaded on first use.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+CACHE_SIZE = 4096
+"""Queries whose predictions are kept (a cascade asks once per stage; a batch asks for many at once)."""
 
 
 @dataclass
@@ -31,7 +35,7 @@ class QueryPrior:
     weights: dict[str, tuple[list[float], float]]
     embedder: Any = field(default=None, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-    _last: tuple[str, dict[str, float]] | None = field(default=None, repr=False, compare=False)
+    _cache: OrderedDict[str, dict[str, float]] = field(default_factory=OrderedDict, repr=False, compare=False)
 
     @property
     def models(self) -> list[str]:
@@ -46,18 +50,28 @@ class QueryPrior:
         return out
 
     def predict(self, query: str) -> dict[str, float]:
-        """Each model's probability of answering ``query`` correctly (the last query's result is reused)."""
-        with self._lock:
-            if self._last is not None and self._last[0] == query:
-                return dict(self._last[1])
-            if self.embedder is None:
-                from shared_scorer.embeddings import MiniLMEmbedder
+        """Each model's probability of answering ``query`` correctly (recent queries' results are reused)."""
+        return self.predict_many([query])[0]
 
-                self.embedder = MiniLMEmbedder()
-            vector = self.embedder.embed([query])
-            result = {m: float(v[0]) for m, v in self.predict_vectors(vector).items()}
-            self._last = (query, result)
-            return dict(result)
+    def predict_many(self, queries: Sequence[str]) -> list[dict[str, float]]:
+        """:meth:`predict` for many queries, embedding the ones not seen recently in one batch."""
+        with self._lock:
+            missing = list(dict.fromkeys(q for q in queries if q not in self._cache))
+            if missing:
+                if self.embedder is None:
+                    from shared_scorer.embeddings import MiniLMEmbedder
+
+                    self.embedder = MiniLMEmbedder()
+                predicted = self.predict_vectors(self.embedder.embed(missing))
+                for i, q in enumerate(missing):
+                    self._cache[q] = {m: float(v[i]) for m, v in predicted.items()}
+            out = []
+            for q in queries:
+                self._cache.move_to_end(q)
+                out.append(dict(self._cache[q]))
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+            return out
 
     def to_json(self) -> dict[str, Any]:
         return {m: {"weights": list(w), "bias": b} for m, (w, b) in self.weights.items()}

@@ -67,6 +67,22 @@ def test_fit_writes_a_strategy_beside_its_scorer(fitted: Any) -> None:
     assert accuracies == sorted(accuracies) and strategy.frontier.points[-1].accuracy == 1.0
 
 
+def test_the_scorer_ships_its_combiners_and_prior_and_scores_the_same_after_loading(fitted: Any) -> None:
+    from shared_scorer.scoring.base import ScoreRequest
+    from shared_scorer.scoring.distilbert import DistilBertScorer
+
+    result, out = fitted
+    loaded = DistilBertScorer.load(out / "scorer")
+    assert set(loaded.combiners) == set(MODELS) and loaded.prior is not None
+    assert {m: c.to_json() for m, c in loaded.combiners.items()} == {
+        m: c.to_json() for m, c in result.scorer.combiners.items()
+    }
+    assert loaded.prior.weights == result.scorer.prior.weights
+    request = ScoreRequest("Question number 3: what is 3 squared?", "9", "mid", 1, ("I am not sure.",), 500)
+    assert loaded.score(request) == pytest.approx(result.scorer.score(request), abs=1e-6)
+    assert set(loaded.route("Question number 3: what is 3 squared?")) == set(MODELS)
+
+
 def test_from_strategy_builds_a_working_cascade(fitted: Any) -> None:
     result, out = fitted
     strategy = result.strategy.select(target_accuracy=1.0)

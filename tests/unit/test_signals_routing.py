@@ -289,3 +289,29 @@ def test_a_failing_router_skips_nothing_and_gates_are_checked() -> None:
             gates=[1.5, None],
             router=lambda q: [0.1, 0.1],
         )
+
+
+def test_the_query_prior_embeds_each_query_once_and_round_trips() -> None:
+    from shared_scorer.scoring.prior import QueryPrior, cross_fitted_prior, fit_prior
+
+    class Counting:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def embed(self, texts: list[str]) -> np.ndarray:
+            self.seen.extend(texts)
+            return np.array([[len(t) / 10, 1.0] for t in texts])
+
+    prior = QueryPrior({"m": ([1.0, 0.0], -1.0)}, embedder=Counting())
+    first = prior.predict_many(["ab", "abcdef", "ab"])
+    assert prior.embedder.seen == ["ab", "abcdef"]
+    assert prior.predict("abcdef") == first[1] and prior.embedder.seen == ["ab", "abcdef"]
+    assert first[0]["m"] == pytest.approx(1 / (1 + math.exp(-(0.2 - 1.0))))
+    assert QueryPrior.from_json(prior.to_json()).weights == prior.weights
+    x = np.array([[0.0], [0.1], [0.9], [1.0]] * 10)
+    y = {"m": np.array([0, 0, 1, 1] * 10, dtype=float), "always": np.ones(40)}
+    fitted = fit_prior(x, y)
+    p = fitted.predict_vectors(np.array([[0.0], [1.0]]))
+    assert p["m"][0] < 0.5 < p["m"][1] and p["always"] == pytest.approx([0.999, 0.999])
+    oof = cross_fitted_prior(x, y, [i % 2 for i in range(40)])
+    assert oof["m"].shape == (40,) and (oof["m"][2::4] > oof["m"][0::4]).all()
