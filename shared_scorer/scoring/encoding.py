@@ -16,6 +16,9 @@ from shared_scorer.errors import ConfigurationError
 from shared_scorer.fitting.data import Record
 from shared_scorer.scoring.base import ScoreRequest
 
+LEAD_SHARE = 0.25
+"""The share of the room the profile and system prompt are always given, when a pair has them."""
+
 SHARED = ""
 """Key of the single network (and pooled calibrator) of the shared, model-aware variant."""
 
@@ -84,10 +87,15 @@ class PairEncoder:
 
         [CLS] profile: P | system: S | user: ... | assistant: ... | tool: R | model | query [SEP] answer [SEP]
 
-    The query and the answer are cut exactly as without context and come first; the context takes what
-    room is left, in this order: the profile, the system prompt, then the earlier turns and tool results
-    from the newest back, the oldest cut first (see :func:`fit_context`). A pair without context is
-    encoded byte for byte as without ``with_context``; a scorer fitted without it ignores any context.
+    The query and the answer come first and are cut as without context, except that the profile and the
+    system prompt are always given up to ``LEAD_SHARE`` (a quarter) of the room: where they would not fit
+    in what the query and answer leave, the two are cut (as without context) to the room less that share.
+    The context then takes what room is left, in this order: the profile, the system prompt, then the
+    earlier turns and tool results from the newest back, the oldest cut first (see :func:`fit_context`).
+    Why the share: a short profile often decides whether an answer is right for its caller, and the long
+    answers that fill the room are the ones a caller's requirement most often rules out (see
+    ``benchmarks/context_eval.py``). A pair without context is encoded byte for byte as without
+    ``with_context``; a scorer fitted without it ignores any context.
     """
 
     def __init__(
@@ -127,11 +135,21 @@ class PairEncoder:
         room = self.max_length - 3
         out = []
         for n, (q, a) in enumerate(zip(q_ids, a_ids, strict=True)):
-            q = head_tail(q, room - min(len(a), room // 2), self.head_fraction)
-            a = head_tail(a, room - len(q), self.head_fraction)
+            reserve = 0
+            if parts:
+                lead = sum(len(ids) for ids in parts[n][0][: parts[n][1]])
+                reserve = min(lead, int(room * LEAD_SHARE))
+            q, a = self._cut(q, a, room)
+            if reserve and room - len(q) - len(a) < reserve:
+                q, a = self._cut(q_ids[n], a_ids[n], room - reserve)
             c = fit_context(parts[n][0], parts[n][1], room - len(q) - len(a), self.head_fraction) if parts else []
             out.append([cls, *c, *q, sep, *a, sep])
         return out
+
+    def _cut(self, q: list[int], a: list[int], room: int) -> tuple[list[int], list[int]]:
+        """The query and answer in ``room``: the query whole unless it would leave the answer less than half."""
+        q = head_tail(q, room - min(len(a), room // 2), self.head_fraction)
+        return q, head_tail(a, room - len(q), self.head_fraction)
 
     def _context_ids(self, extras: Sequence[tuple[list[str], int]]) -> list[tuple[list[list[int]], int]]:
         """Each pair's context parts as token ids (one tokenizer call for all of them)."""

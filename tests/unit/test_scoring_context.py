@@ -170,11 +170,15 @@ def test_truncation_keeps_query_and_answer_then_profile_system_and_the_newest_tu
     # room for 4 context tokens: the head and tail of the profile
     (ids,) = PairEncoder(tokenizer, 20, model_aware=True, with_context=True).encode_requests([request])
     assert ids == [CLS, 6337, 1024, 2751, 1064, *MODEL_QUERY, SEP, *ANSWER_IDS, SEP]
-    # a long answer leaves no room: exactly today's encoding
+    # a long answer that fills the room gives up a quarter of it (int(29 / 4) = 7 tokens) to profile and system
     long = ScoreRequest(QUERY, "word " * 100, MODEL, **CONTEXT)  # type: ignore[arg-type]
     plain = PairEncoder(tokenizer, 32, model_aware=True).encode_requests([long])
-    assert PairEncoder(tokenizer, 32, model_aware=True, with_context=True).encode_requests([long]) == plain
-    assert len(plain[0]) == 32
+    assert plain == [[CLS, *MODEL_QUERY, SEP, *[2773] * 18, SEP]]
+    (ids,) = PairEncoder(tokenizer, 32, model_aware=True, with_context=True).encode_requests([long])
+    assert ids == [CLS, *PROFILE, 2291, *MODEL_QUERY, SEP, *[2773] * 11, SEP]
+    # earlier turns alone get no share: the long answer keeps today's encoding
+    turns_only = ScoreRequest(QUERY, "word " * 100, MODEL, history=CONTEXT["history"])  # type: ignore[arg-type]
+    assert PairEncoder(tokenizer, 32, model_aware=True, with_context=True).encode_requests([turns_only]) == plain
 
 
 def test_context_flag_is_saved_with_the_scorer(tmp_path):
