@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -271,7 +272,7 @@ def compare(
 ) -> dict[str, Any]:
     """Fit every method on ``train``, measure it on ``test``; the report described in the module docstring."""
     say = progress or (lambda _: None)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     if fit_bench is None:
 
         def fit_bench(tr: Sequence[Record], te: Sequence[Record], folder: Path, config: FitConfig) -> Any:
@@ -343,7 +344,12 @@ def compare(
         "train_queries": tr.table.n,
         "test_queries": te.table.n,
         "best_single": dict(best),
-        "seconds": {"embed": round(embed_seconds, 2), "total": round(time.perf_counter() - started, 2)},
+        "seconds": {
+            "embed": round(embed_seconds, 2),
+            "total": round(time.perf_counter() - started, 2),
+            "cpu_total": round(time.process_time() - cpu, 2),  # this process's CPU time, all threads
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],  # wall time on a shared machine
+        },
     }
 
 
