@@ -94,9 +94,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigurationError(f"--price {model} is given twice")
         overrides[model] = pair
     prices, price_table = _prices(args.prices)
-    config = _config(
-        argparse.Namespace(**{**vars(args), "max_depth": args.search_depth, "budget": None, "target_accuracy": None})
-    )
+    # advise searches fixed chains (no router) over first-stage scores: every signal, the fit's own search
+    fixed = {"max_depth": args.search_depth, "budget": None, "target_accuracy": None, "router": False}
+    defaults = {"signals": "all", "selection": "best", "context": False}
+    config = _config(argparse.Namespace(**{**defaults, **vars(args), **fixed}))
     report = advise(
         load_records(args.train),
         load_records(args.test),
