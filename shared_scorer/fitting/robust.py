@@ -5,7 +5,9 @@ train split). A point picked as "most accurate within the budget" on the whole f
 thresholds tuned to that table's mix of easy and hard queries; when the mix changes, its cost and its
 accuracy move. :func:`robust_select` measures every frontier point on each cross-fitting fold separately
 and keeps the point whose *worst* fold is best: among points whose cost stays within the budget on every
-fold, the highest worst-fold accuracy (then the highest mean, then the cheapest).
+fold, the highest worst-fold accuracy (then the highest mean, then the cheapest). Every single model is a
+candidate too, frontier or not: on little data a cascade that looked better in sample must also be better on
+every fold than the best single model the budget affords, else that model is deployed.
 """
 
 from __future__ import annotations
@@ -51,6 +53,18 @@ def fold_figures(table: Table, point: FrontierPoint, groups: np.ndarray) -> Fold
     return FoldFigures(tuple(accs), tuple(costs))
 
 
+def single_points(table: Table) -> list[FrontierPoint]:
+    """Every column alone (router-gated ones aside): a cascade must beat the best single model it can afford
+    on every fold to be deployed instead of it, which matters most on little data."""
+    out = []
+    for m, name in enumerate(table.models):
+        if m in table.first_only:
+            continue
+        figures = evaluate_chain(table, [name], [])
+        out.append(FrontierPoint((name,), (), figures.accuracy, figures.cost, figures.reach))
+    return out
+
+
 def robust_select(frontier: Frontier, table: Table, groups: Sequence[int] | np.ndarray, budget: float) -> FrontierPoint:
     """The frontier point that best holds across folds within ``budget`` (see the module docstring); when no
     point stays within budget on every fold, :meth:`Frontier.select`'s choice.
@@ -65,7 +79,7 @@ def robust_select(frontier: Frontier, table: Table, groups: Sequence[int] | np.n
     if len(groups) != table.n:
         raise ConfigurationError(f"groups has {len(groups)} entries for a table of {table.n} queries")
     best: tuple[tuple[float, float, float], FrontierPoint] | None = None
-    for point in frontier:
+    for point in [*frontier, *single_points(table)]:
         if point.cost > budget + 1e-15:
             continue
         figures = fold_figures(table, point, groups)

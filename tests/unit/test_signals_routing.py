@@ -315,3 +315,22 @@ def test_the_query_prior_embeds_each_query_once_and_round_trips() -> None:
     assert p["m"][0] < 0.5 < p["m"][1] and p["always"] == pytest.approx([0.999, 0.999])
     oof = cross_fitted_prior(x, y, [i % 2 for i in range(40)])
     assert oof["m"].shape == (40,) and (oof["m"][2::4] > oof["m"][0::4]).all()
+
+
+def test_robust_selection_holds_on_every_fold_and_falls_back_to_the_best_affordable_single_model() -> None:
+    from shared_scorer.fitting.robust import robust_select
+
+    # a: right on every query of fold 0 and one of fold 1 (4/6, cost 1); b: 2/3 on each fold (4/6, cost 3)
+    table = Table.of(
+        ["a", "b"],
+        np.full((6, 2), 0.9),
+        np.array([[1, 1], [1, 1], [1, 0], [1, 1], [0, 1], [0, 0]]),
+        np.array([[1, 3]] * 6),
+    )
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    frontier = search(table, max_depth=2, candidates="quantiles")
+    assert [p.chain for p in frontier] == [("a",)]  # b alone is dominated in sample: same accuracy, dearer
+    assert frontier.select(budget=3.0).chain == ("a",)
+    chosen = robust_select(frontier, table, groups, budget=3.0)
+    assert chosen.chain == ("b",) and (chosen.accuracy, chosen.cost) == pytest.approx((4 / 6, 3.0))
+    assert robust_select(frontier, table, groups, budget=2.0).chain == ("a",)  # b is not affordable
