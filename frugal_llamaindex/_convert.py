@@ -101,13 +101,7 @@ def logprob(response: ChatResponse) -> float | None:
     """The sum of the token log-probabilities in the raw reply's first choice (``choices[0].logprobs.content``,
     a whole reply's or one streamed chunk's), or None when it carries none. (``ChatResponse.logprobs`` is
     not read: LlamaIndex fills it with each token's ``top_logprobs`` alternatives, not the chosen token.)"""
-    choices = getattr(response.raw, "choices", None)
-    if choices is None and isinstance(response.raw, Mapping):
-        choices = response.raw.get("choices")
-    if not choices:
-        return None
-    first = choices[0]
-    logprobs = first.get("logprobs") if isinstance(first, Mapping) else getattr(first, "logprobs", None)
+    logprobs = _first_choice_field(response, "logprobs")
     content = logprobs.get("content") if isinstance(logprobs, Mapping) else getattr(logprobs, "content", None)
     return sum_logprobs(content)
 
@@ -120,14 +114,19 @@ def total_logprob(values: Sequence[float | None]) -> float | None:
 
 def finish_reason(response: ChatResponse) -> str | None:
     """The provider's ``finish_reason`` of the first choice, when the raw reply carries one."""
+    reason = _first_choice_field(response, "finish_reason")
+    return reason if isinstance(reason, str) else None
+
+
+def _first_choice_field(response: ChatResponse, name: str) -> Any:
+    """Field ``name`` of the raw reply's first choice (an OpenAI object or a plain dict), or None."""
     choices = getattr(response.raw, "choices", None)
-    if choices is None and isinstance(response.raw, dict):
+    if choices is None and isinstance(response.raw, Mapping):
         choices = response.raw.get("choices")
     if not choices:
         return None
     first = choices[0]
-    reason = first.get("finish_reason") if isinstance(first, dict) else getattr(first, "finish_reason", None)
-    return reason if isinstance(reason, str) else None
+    return first.get(name) if isinstance(first, Mapping) else getattr(first, name, None)
 
 
 def tool_specs(tools: Sequence[BaseTool]) -> list[ToolSpec]:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from shared_scorer.fitting.data import Record
-from shared_scorer.scoring.combiner import FEATURES, Combiner, ModelCombiners, raw_features
+from shared_scorer.scoring.combiner import FEATURES, Combiner, ModelCombiners, agreement, raw_features
 
 MIN_GAIN = 0.005
 """A signal is kept when it raises the out-of-fold AUROC by at least this much."""
@@ -208,28 +208,14 @@ def combine(
     """Fit every model's combiners on ``rows`` (every query answered by every model) and return the shipped
     combiners' scores for the search; ``text`` are out-of-fold text logits, ``prior`` out-of-fold prior probabilities,
     ``signals`` the features allowed."""
-    where = {q: i for i, q in enumerate(ids)}
     n, k = len(ids), len(models)
     record = {(r.query_id, r.model): r for r in rows}
     groups = np.array([fold[q] for q in ids])
     labels = np.zeros((n, k))
     base: dict[str, list[dict[str, float]]] = {}
     for j, m in enumerate(models):
-        feats = []
-        for q in ids:
-            r = record[(q, m)]
-            labels[where[q], j] = r.correct
-            feats.append(
-                raw_features(
-                    text=None if text is None else text.get((q, m)),
-                    logprob=getattr(r, "logprob", None),
-                    output_tokens=r.output_tokens,
-                    answer=r.answer,
-                    prior=None if prior is None else prior.get((q, m)),
-                    previous=None,
-                )
-            )
-        base[m] = feats
+        labels[:, j] = [record[(q, m)].correct for q in ids]
+        base[m] = _first_features(ids, record, m, text, prior)
     first = np.zeros((n, k))
     after = np.zeros((n, k, k))
     combiners: dict[str, ModelCombiners] = {}
@@ -255,7 +241,7 @@ def combine(
         if "agree" in allowed and k > 1:
             pairs = [(i, p) for p in range(k) if p != j for i in range(n)]
             answers = {mm: [record[(q, mm)].answer for q in ids] for mm in models}
-            agree = np.array([_agree(answers[m][i], answers[models[p]][i]) for i, p in pairs])
+            agree = np.array([agreement(answers[m][i], answers[models[p]][i]) for i, p in pairs])
             names1 = [*names0, "agree"]
             x1 = np.column_stack([x0[[i for i, _ in pairs]], agree])
             y1 = y[[i for i, _ in pairs]]
@@ -281,12 +267,6 @@ def _final(x: np.ndarray, y: np.ndarray, names: Sequence[str], chosen: Selection
     """The combiner that ships: the kept features, fitted on every row, with its out-of-fold AUROC."""
     fitted = _fit(x[:, [list(names).index(c) for c in chosen.features]], y, chosen.features)
     return replace(fitted, auroc=round(chosen.auroc, 4))
-
-
-def _agree(answer: str, previous: str) -> float:
-    from shared_scorer.scoring.combiner import agreement
-
-    return agreement(answer, previous)
 
 
 def _variants(names: Sequence[str], has_lp: np.ndarray) -> dict[str, tuple[list[str], np.ndarray]]:
@@ -333,24 +313,11 @@ def score_table(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(first, after)`` as in :class:`CombinedScores`, from fitted combiners (the test split's table: what
     the shipped scorer computes for each row at each position)."""
-    where = {q: i for i, q in enumerate(ids)}
     record = {(r.query_id, r.model): r for r in rows}
     n, k = len(ids), len(models)
     first, after = np.zeros((n, k)), np.zeros((n, k, k))
     for j, m in enumerate(models):
-        features = []
-        for q in ids:
-            r = record[(q, m)]
-            features.append(
-                raw_features(
-                    text=None if text is None else text.get((q, m)),
-                    logprob=getattr(r, "logprob", None),
-                    output_tokens=r.output_tokens,
-                    answer=r.answer,
-                    prior=None if prior is None else prior.get((q, m)),
-                    previous=None,
-                )
-            )
+        features = _first_features(ids, record, m, text, prior)
         has_lp = np.array([not math.isnan(f["logprob"]) for f in features])
         for position in ("first", "after"):
             for flag in (True, False):
@@ -367,11 +334,34 @@ def score_table(
                     batch = [
                         {
                             **features[int(i)],
-                            "agree": _agree(record[(ids[int(i)], m)].answer, record[(ids[int(i)], other)].answer),
+                            "agree": agreement(record[(ids[int(i)], m)].answer, record[(ids[int(i)], other)].answer),
                         }
                         for i in rows_here
                     ]
                     after[rows_here, p, j] = chosen.apply_many(batch)
         after[:, j, j] = first[:, j]
-    del where
     return first, after
+
+
+def _first_features(
+    ids: Sequence[str],
+    record: Mapping[tuple[str, str], Record],
+    model: str,
+    text: Mapping[tuple[str, str], float] | None,
+    prior: Mapping[tuple[str, str], float] | None,
+) -> list[dict[str, float]]:
+    """Each query's features for ``model``'s answer, before any agreement is known."""
+    out = []
+    for q in ids:
+        r = record[(q, model)]
+        out.append(
+            raw_features(
+                text=None if text is None else text.get((q, model)),
+                logprob=r.logprob,
+                output_tokens=r.output_tokens,
+                answer=r.answer,
+                prior=None if prior is None else prior.get((q, model)),
+                previous=None,
+            )
+        )
+    return out

@@ -216,7 +216,7 @@ class DistilBertScorer:
         return combined_score(
             self.combiners[request.model],
             text=text_logit,
-            logprob=getattr(request, "logprob", None),
+            logprob=request.logprob,
             output_tokens=request.output_tokens,
             answer=request.answer,
             prior=prior,

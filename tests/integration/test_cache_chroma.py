@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,48 +13,24 @@ from shared_scorer.context import CallContext, Scope
 from tests.conftest import require
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def chroma(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def chroma() -> Iterator[dict[str, Any]]:
+    from urllib.parse import urlsplit
+
+    from shared_scorer.cache.chroma_server import chroma_binary, chroma_server
+
     try:
         import chromadb
     except ImportError:
         chromadb = None
-    executable = shutil.which("chroma")
-    require(chromadb is not None and executable is not None, "chromadb (with its 'chroma' command) is not installed")
-    assert chromadb is not None and executable is not None
-    folder: Path = tmp_path_factory.mktemp("chroma")
-    port = _free_port()
-    log = (folder / "server.log").open("w")
-    server = subprocess.Popen(
-        [executable, "run", "--host", "127.0.0.1", "--port", str(port), "--path", str(folder / "db")],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    client = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            client = chromadb.HttpClient(host="127.0.0.1", port=port)
-            client.heartbeat()
-            break
-        except Exception:
-            client = None
-            time.sleep(0.3)
-    try:
-        require(client is not None, f"the Chroma server did not start: {(folder / 'server.log').read_text()[-500:]}")
+    require(
+        chromadb is not None and chroma_binary() is not None, "chromadb (with its 'chroma' command) is not installed"
+    )
+    assert chromadb is not None
+    with chroma_server() as url:
+        port = int(urlsplit(url).port or 0)
+        client = chromadb.HttpClient(host="127.0.0.1", port=port)
         yield {"host": "127.0.0.1", "port": port, "client": client}
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 class Confirm:
