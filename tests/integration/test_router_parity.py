@@ -6,6 +6,7 @@ The strategy's first stage is gated (``small|prior>=0.5000``): a query whose pre
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib
 from decimal import Decimal
@@ -110,7 +111,26 @@ def test_a_router_started_strategy_decides_and_bills_identically_everywhere() ->
                     )
                     for q in QUERIES
                 ]
+                served[framework + " stream"] = [
+                    comparable(
+                        list(
+                            client.chat.completions.create(
+                                model="frugal", messages=[{"role": "user", "content": q}], stream=True
+                            )
+                        )[-1].model_extra["frugal"]
+                    )
+                    for q in QUERIES[:4]
+                ]
+        # the async and streamed paths of both adapters, on models of their own (the counts below are chat's)
+        chat2 = FrugalChatModel.from_strategy(strategy(), lc_stages, scorer=HashScorer(), prices=PRICES)
+        llm2 = FrugalLLM.from_strategy(strategy(), li_stages, scorer=HashScorer(), prices=PRICES)
+        other = asyncio.run(_async_trails(chat2, llm2, QUERIES[:4]))
+        other["llamaindex stream"] = [
+            comparable(list(llm2.stream_complete(q))[-1].additional_kwargs["frugal"]) for q in QUERIES[:4]
+        ]
     want = [expected(q) for q in QUERIES]
+    for path, trails in {**other, **{k: v for k, v in served.items() if k.endswith("stream")}}.items():
+        assert trails == want[:4], path
     assert lc == li == served["langchain"] == served["llamaindex"] == want
     assert streamed == want[:4]
     routed = sum(1 for w in want + want[:4] if w[0][1] == "routed_past")  # batch, then the four streams
@@ -118,6 +138,23 @@ def test_a_router_started_strategy_decides_and_bills_identically_everywhere() ->
     small = chat.cost_tracker.summary()["by_model"][SMALL]
     assert small["calls"] == len(QUERIES) + 4 - routed
     assert Decimal(small["cost_usd"]) == small["calls"] * TokenPrice(*PRICES[SMALL]).cost(10, 4)
+
+
+async def _async_trails(chat: Any, llm: Any, queries: list[str]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {"langchain ainvoke": [], "langchain astream": [], "llamaindex acomplete": []}
+    out["llamaindex astream"] = []
+    for q in queries:
+        out["langchain ainvoke"].append(comparable((await chat.ainvoke(q)).response_metadata["frugal"]))
+        trail = None
+        async for chunk in chat.astream(q):
+            trail = chunk.response_metadata.get("frugal") or trail
+        out["langchain astream"].append(comparable(trail))
+        out["llamaindex acomplete"].append(comparable((await llm.acomplete(q)).additional_kwargs["frugal"]))
+        last = None
+        async for part in await llm.astream_complete(q):
+            last = part
+        out["llamaindex astream"].append(comparable(last.additional_kwargs["frugal"]))
+    return out
 
 
 def _last_trail(chunks: Any) -> dict[str, Any]:
